@@ -1,0 +1,51 @@
+//! Password hashing with argon2id. Hashing is deliberately slow, so it runs on the blocking pool.
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+use crate::error::ApiError;
+
+/// argon2id parameters, fixed at start-up from the settings.
+#[derive(Debug, Clone)]
+pub struct PasswordHashing {
+    params: Params,
+    /// Verifying against this when a username does not exist costs the same time as a real check,
+    /// so response times do not reveal which usernames exist.
+    dummy_hash: std::sync::Arc<str>,
+}
+
+impl PasswordHashing {
+    pub fn new(memory_kib: u32, iterations: u32) -> Result<Self, String> {
+        let params =
+            Params::new(memory_kib, iterations, 1, None).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+        let dummy = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+            .hash_password(b"chorus-dummy-password")
+            .map_err(|e| format!("argon2 self-test failed: {e}"))?
+            .to_string();
+        Ok(Self { params, dummy_hash: dummy.into() })
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let hasher = self.argon2();
+        tokio::task::spawn_blocking(move || hasher.hash_password(password.as_bytes()).map(|h| h.to_string()))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::Internal(e.to_string().into()))
+    }
+
+    /// True when `password` matches `hash`. `hash: None` (unknown user) burns the same time and fails.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+        let verifier = self.argon2();
+        let dummy = self.dummy_hash.clone();
+        tokio::task::spawn_blocking(move || {
+            let ok = verifier.verify_password(password.as_bytes(), hash.as_deref().unwrap_or(&dummy)).is_ok();
+            ok && hash.is_some()
+        })
+        .await
+        .map_err(ApiError::internal)
+    }
+}

@@ -1,0 +1,245 @@
+//! Settings, read once at start-up from the environment (and `.env`), validated before anything binds.
+//!
+//! `chorus --help` prints every setting with its variable name and default: clap's `env` support is
+//! the single source of both the parser and the documentation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chorus", version, about = "Chorus chat server node", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve HTTP and WebSocket traffic (the default).
+    Serve,
+    /// Apply pending database migrations and exit (for a Kubernetes Job).
+    Migrate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Dev,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "EdDSA")]
+    EdDsa,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// `dev` allows a built-in JWT secret; `production` requires a real one.
+    #[arg(long, env = "CHORUS_ENV", value_enum, default_value = "production")]
+    pub env: Environment,
+
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chorus",
+        hide_default_value = false
+    )]
+    pub database_url: String,
+
+    /// Redis connection URL (pub/sub fan-out and presence).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+
+    /// Prefix for every Redis key and channel, so several clusters (or test runs) can share one Redis.
+    #[arg(long, env = "CHORUS_REDIS_PREFIX", default_value = "chorus:")]
+    pub redis_prefix: String,
+
+    /// Secret for HS256 access tokens (at least 32 bytes). Required unless CHORUS_ENV=dev.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Signing algorithm for access tokens.
+    #[arg(long, env = "CHORUS_JWT_ALG", value_enum, default_value = "HS256")]
+    pub jwt_alg: JwtAlgorithm,
+
+    /// PEM private key for RS256/EdDSA signing.
+    #[arg(long, env = "CHORUS_JWT_PRIVATE_KEY_FILE")]
+    pub jwt_private_key_file: Option<PathBuf>,
+
+    /// PEM public key for RS256/EdDSA verification.
+    #[arg(long, env = "CHORUS_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "CHORUS_ACCESS_TOKEN_TTL_S", default_value_t = 900)]
+    pub access_token_ttl_s: u64,
+
+    /// Lifetime of a refresh token, in seconds.
+    #[arg(long, env = "CHORUS_REFRESH_TOKEN_TTL_S", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_s: u64,
+
+    /// Address to listen on.
+    #[arg(long, env = "CHORUS_BIND", default_value = "0.0.0.0:8080")]
+    pub bind: SocketAddr,
+
+    /// This node's name in logs, metrics and `ready` events. Default: the host name.
+    #[arg(long, env = "CHORUS_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// HTTP worker threads. Default: one per core.
+    #[arg(long, env = "CHORUS_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Maximum PostgreSQL connections in this node's pool.
+    #[arg(long, env = "CHORUS_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// How long a request waits for a pooled PostgreSQL connection before answering 503, in ms.
+    #[arg(long, env = "CHORUS_DB_POOL_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_pool_timeout_ms: u64,
+
+    /// Maximum Redis connections in this node's publish pool.
+    #[arg(long, env = "CHORUS_REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: usize,
+
+    /// Largest message `content`, in bytes (UTF-8).
+    #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+
+    /// Largest HTTP JSON body or WebSocket frame, in bytes.
+    #[arg(long, env = "CHORUS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Most messages per room returned by `GET /unreceived`.
+    #[arg(long, env = "CHORUS_UNRECEIVED_LIMIT", default_value_t = 500)]
+    pub unreceived_limit: i64,
+
+    /// argon2id memory cost in KiB (OWASP minimum: 19456).
+    #[arg(long, env = "CHORUS_ARGON2_MEMORY_KIB", default_value_t = 19456)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations.
+    #[arg(long, env = "CHORUS_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Seconds a node keeps serving after SIGTERM before it exits.
+    #[arg(long, env = "CHORUS_SHUTDOWN_GRACE_S", default_value_t = 20)]
+    pub shutdown_grace_s: u64,
+
+    /// Log format: `text` for people, `json` for log pipelines. Levels come from RUST_LOG.
+    #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Dev-only secret, so `CHORUS_ENV=dev` works out of the box; never accepted in production.
+const DEV_JWT_SECRET: &str = "chorus-dev-secret-do-not-use-in-production!!";
+const MIN_SECRET_BYTES: usize = 32;
+
+/// A start-up configuration mistake: one sentence that says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// Checks what clap cannot: cross-field rules and secrets. Fails with a sentence an operator can act on.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.jwt_alg == JwtAlgorithm::Hs256 {
+            match (&self.jwt_secret, self.env) {
+                (None, Environment::Dev) => self.jwt_secret = Some(DEV_JWT_SECRET.to_owned()),
+                (None, Environment::Production) => {
+                    return Err(ConfigError(
+                        "JWT_SECRET is not set: set it to a random string of at least 32 bytes (or CHORUS_ENV=dev for local use)".into(),
+                    ))
+                }
+                (Some(s), _) if s.len() < MIN_SECRET_BYTES => {
+                    return Err(ConfigError(format!(
+                        "JWT_SECRET is {} bytes long: use at least {MIN_SECRET_BYTES} random bytes",
+                        s.len()
+                    )))
+                }
+                (Some(s), Environment::Production) if s == DEV_JWT_SECRET => {
+                    return Err(ConfigError(
+                        "JWT_SECRET is the built-in development secret: set a secret of your own".into(),
+                    ))
+                }
+                _ => {}
+            }
+        } else if self.jwt_private_key_file.is_none() || self.jwt_public_key_file.is_none() {
+            return Err(ConfigError(
+                "CHORUS_JWT_ALG is RS256/EdDSA: set CHORUS_JWT_PRIVATE_KEY_FILE and CHORUS_JWT_PUBLIC_KEY_FILE to PEM files".into(),
+            ));
+        }
+        if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
+            return Err(ConfigError("DATABASE_URL must start with postgres://".into()));
+        }
+        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+            return Err(ConfigError("REDIS_URL must start with redis://".into()));
+        }
+        if self.db_pool_size == 0 || self.redis_pool_size == 0 {
+            return Err(ConfigError("CHORUS_DB_POOL_SIZE and CHORUS_REDIS_POOL_SIZE must be at least 1".into()));
+        }
+        if self.access_token_ttl_s < 10 {
+            return Err(ConfigError("CHORUS_ACCESS_TOKEN_TTL_S must be at least 10 seconds".into()));
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes >= self.max_frame_bytes {
+            return Err(ConfigError(
+                "CHORUS_MAX_MESSAGE_BYTES must be positive and smaller than CHORUS_MAX_FRAME_BYTES".into(),
+            ));
+        }
+        if self.node_id.is_none() {
+            self.node_id = Some(host_name());
+        }
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.node_id.as_deref().unwrap_or("chorus")
+    }
+
+    pub fn db_pool_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_pool_timeout_ms)
+    }
+
+    /// Settings for tests and embedders: every default, dev mode, the given stores.
+    pub fn for_tests(database_url: &str, redis_url: &str, redis_prefix: &str) -> Self {
+        let cli = Cli::parse_from(["chorus"]);
+        let mut s = cli.settings;
+        s.env = Environment::Dev;
+        s.database_url = database_url.to_owned();
+        s.redis_url = redis_url.to_owned();
+        s.redis_prefix = redis_prefix.to_owned();
+        s.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        s.jwt_secret = Some("test-secret-that-is-long-enough-0123456789".into());
+        // Tests register many users; the cheapest argon2id parameters keep them fast.
+        s.argon2_memory_kib = 1024;
+        s.argon2_iterations = 1;
+        s.shutdown_grace_s = 5;
+        s
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "chorus".to_owned())
+}

@@ -1,0 +1,180 @@
+//! Queries on `messages` and the receipt cursors in `room_members`.
+
+use diesel::prelude::*;
+use diesel::result::Error;
+use diesel::sql_types::{BigInt, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::models::{MemberRow, MessageRow};
+use super::schema::messages;
+use super::DbConn;
+
+/// Allocates the room's next `seq` and stores the message in one statement, so one round trip does
+/// it all. The UPDATE holds the room row's lock until commit: senders of one room serialize, seq
+/// order is commit order, and a failed insert rolls the increment back (no gaps). Returns `None`
+/// when the room is gone or `sender` is not a member.
+pub async fn insert_next(
+    conn: &mut DbConn,
+    room_id: Uuid,
+    sender_id: Uuid,
+    content: &str,
+    client_msg_id: Option<&str>,
+) -> Result<Option<MessageRow>, Error> {
+    diesel::sql_query(
+        "WITH next AS (
+             UPDATE rooms SET last_seq = last_seq + 1
+             WHERE id = $1 AND deleted_at IS NULL
+               AND EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)
+             RETURNING last_seq)
+         INSERT INTO messages (id, room_id, seq, sender_id, content, client_msg_id)
+         SELECT $3, $1, next.last_seq, $2, $4, $5 FROM next
+         RETURNING id, room_id, seq, sender_id, content, client_msg_id, created_at, edited_at, deleted_at",
+    )
+    .bind::<SqlUuid, _>(room_id)
+    .bind::<SqlUuid, _>(sender_id)
+    .bind::<SqlUuid, _>(Uuid::now_v7())
+    .bind::<Text, _>(content)
+    .bind::<Nullable<Text>, _>(client_msg_id)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+pub async fn by_client_msg_id(conn: &mut DbConn, sender: Uuid, client_msg_id: &str) -> Result<Option<MessageRow>, Error> {
+    messages::table
+        .filter(messages::sender_id.eq(sender))
+        .filter(messages::client_msg_id.eq(client_msg_id))
+        .select(MessageRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A message of a room that was not cleared away.
+pub async fn find(conn: &mut DbConn, room_id: Uuid, message_id: Uuid) -> Result<Option<MessageRow>, Error> {
+    messages::table
+        .find(message_id)
+        .filter(messages::room_id.eq(room_id))
+        .select(MessageRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Finds a message by id alone (WebSocket `edit`/`delete` carry no room id).
+pub async fn find_by_id(conn: &mut DbConn, message_id: Uuid) -> Result<Option<MessageRow>, Error> {
+    messages::table.find(message_id).select(MessageRow::as_select()).first(conn).await.optional()
+}
+
+pub async fn edit(conn: &mut DbConn, message_id: Uuid, content: &str) -> Result<MessageRow, Error> {
+    diesel::update(messages::table.find(message_id))
+        .set((messages::content.eq(content), messages::edited_at.eq(diesel::dsl::now)))
+        .returning(MessageRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Deletes a message's content but keeps its row, so its `seq` stays accounted for.
+pub async fn tombstone(conn: &mut DbConn, message_id: Uuid) -> Result<MessageRow, Error> {
+    diesel::update(messages::table.find(message_id))
+        .set((messages::content.eq(""), messages::deleted_at.eq(diesel::dsl::now)))
+        .returning(MessageRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+#[derive(QueryableByName)]
+struct ClearedSeq {
+    #[diesel(sql_type = BigInt)]
+    cleared_seq: i64,
+}
+
+/// Clears a room's history up to its current `last_seq`; returns that seq. Seq numbering carries on.
+pub async fn clear(conn: &mut DbConn, room_id: Uuid) -> Result<i64, Error> {
+    let cleared: ClearedSeq = diesel::sql_query(
+        "UPDATE rooms SET cleared_seq = last_seq, updated_at = now() WHERE id = $1 RETURNING cleared_seq",
+    )
+    .bind::<SqlUuid, _>(room_id)
+    .get_result(conn)
+    .await?;
+    diesel::delete(messages::table.filter(messages::room_id.eq(room_id)).filter(messages::seq.le(cleared.cleared_seq)))
+        .execute(conn)
+        .await?;
+    Ok(cleared.cleared_seq)
+}
+
+/// Up to `limit` messages with `after < seq`, ascending (sync and forward history).
+pub async fn after(conn: &mut DbConn, room_id: Uuid, after_seq: i64, limit: i64) -> Result<Vec<MessageRow>, Error> {
+    messages::table
+        .filter(messages::room_id.eq(room_id))
+        .filter(messages::seq.gt(after_seq))
+        .select(MessageRow::as_select())
+        .order(messages::seq.asc())
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// Up to `limit` messages with `seq < before` (or the newest), returned ascending.
+pub async fn before(conn: &mut DbConn, room_id: Uuid, before_seq: Option<i64>, limit: i64) -> Result<Vec<MessageRow>, Error> {
+    let mut query = messages::table
+        .filter(messages::room_id.eq(room_id))
+        .select(MessageRow::as_select())
+        .order(messages::seq.desc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(before) = before_seq {
+        query = query.filter(messages::seq.lt(before));
+    }
+    let mut rows = query.load(conn).await?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// For every room of `user`: up to `per_room` messages past their delivered cursor (and past a clear),
+/// in (room, seq) order. One index range scan per room through the lateral join.
+pub async fn unreceived(conn: &mut DbConn, user: Uuid, per_room: i64) -> Result<Vec<MessageRow>, Error> {
+    diesel::sql_query(
+        "SELECT m.id, m.room_id, m.seq, m.sender_id, m.content, m.client_msg_id, m.created_at, m.edited_at, m.deleted_at
+         FROM room_members rm
+         JOIN rooms r ON r.id = rm.room_id AND r.deleted_at IS NULL
+         CROSS JOIN LATERAL (
+             SELECT * FROM messages m
+             WHERE m.room_id = rm.room_id AND m.seq > GREATEST(rm.delivered_seq, r.cleared_seq)
+             ORDER BY m.seq LIMIT $2) m
+         WHERE rm.user_id = $1
+         ORDER BY m.room_id, m.seq",
+    )
+    .bind::<SqlUuid, _>(user)
+    .bind::<BigInt, _>(per_room)
+    .load(conn)
+    .await
+}
+
+/// Moves a member's cursors forward, never back and never past the room's `last_seq`; reading a
+/// message implies it was delivered. Returns the cursors after the move, or `None` if not a member.
+pub async fn advance_cursors(
+    conn: &mut DbConn,
+    room_id: Uuid,
+    user_id: Uuid,
+    delivered: Option<i64>,
+    read: Option<i64>,
+) -> Result<Option<MemberRow>, Error> {
+    diesel::sql_query(
+        "UPDATE room_members m SET
+             read_seq = GREATEST(m.read_seq, LEAST(COALESCE($3, 0), r.last_seq)),
+             delivered_seq = GREATEST(m.delivered_seq, LEAST(GREATEST(COALESCE($2, 0), COALESCE($3, 0)), r.last_seq))
+         FROM rooms r
+         WHERE m.room_id = $1 AND m.user_id = $4 AND r.id = m.room_id AND r.deleted_at IS NULL
+         RETURNING m.room_id, m.user_id, m.role, m.joined_at, m.delivered_seq, m.read_seq",
+    )
+    .bind::<SqlUuid, _>(room_id)
+    .bind::<Nullable<BigInt>, _>(delivered)
+    .bind::<Nullable<BigInt>, _>(read)
+    .bind::<SqlUuid, _>(user_id)
+    .get_result(conn)
+    .await
+    .optional()
+}
+

@@ -1,0 +1,57 @@
+//! PostgreSQL access: the pool, migrations, and one query module per aggregate. Query functions take a
+//! `&mut DbConn` so they compose inside a transaction.
+
+pub mod messages;
+pub mod models;
+pub mod rooms;
+pub mod schema;
+pub mod tokens;
+pub mod users;
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+pub type DbConn = AsyncPgConnection;
+pub type DbPool = Pool<DbConn>;
+pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Arbitrary but fixed: every node takes this advisory lock before migrating, so many nodes may start at once.
+const MIGRATION_LOCK_KEY: i64 = 0x4348_4f52_5553; // "CHORUS"
+
+pub fn build_pool(url: &str, max_size: usize, wait: Duration) -> Result<DbPool, String> {
+    let manager = AsyncDieselConnectionManager::<DbConn>::new(url);
+    Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(wait))
+        .recycle_timeout(Some(wait))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Applies pending migrations under a PostgreSQL advisory lock; returns the versions it applied.
+pub async fn run_migrations(url: &str) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut conn = DbConn::establish(url).await?;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")).execute(&mut conn).await?;
+    // The harness drives diesel's sync migration runner with block_in_place, so it needs the
+    // multi-threaded runtime; the lock is session-scoped and goes away with the connection either way.
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness.run_pending_migrations(MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect());
+    let mut conn = harness.into_inner();
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(&mut conn).await?;
+    applied
+}
+
+/// True when `e` is a unique-constraint violation on the named constraint or index.
+pub fn is_unique_violation(e: &DieselError, constraint: &str) -> bool {
+    matches!(e, DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+        if info.constraint_name() == Some(constraint))
+}

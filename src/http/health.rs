@@ -1,0 +1,56 @@
+//! `/healthz` (the process is alive) and `/readyz` (it should get traffic: stores reachable, not draining).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use crate::startup::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz));
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub postgres: bool,
+    pub redis: bool,
+    pub draining: bool,
+    pub node_id: String,
+}
+
+/// Liveness: answers while the process can serve HTTP at all.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: PostgreSQL and Redis reachable and the node not draining; 503 otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+    let draining = state.draining.load(Ordering::Relaxed);
+    let postgres = async {
+        let mut conn = state.db.get().await.ok()?;
+        diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut conn).await.ok()
+    };
+    let redis = async {
+        let mut conn = state.redis.get().await.ok()?;
+        deadpool_redis::redis::cmd("PING").query_async::<String>(&mut *conn).await.ok()
+    };
+    let (postgres, redis) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, postgres),
+        tokio::time::timeout(PROBE_TIMEOUT, redis)
+    );
+    let postgres = matches!(postgres, Ok(Some(_)));
+    let redis = matches!(redis, Ok(Some(_)));
+    let ready = postgres && redis && !draining;
+    let body = Readiness { ready, postgres, redis, draining, node_id: state.settings.node_id().to_owned() };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

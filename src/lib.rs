@@ -1,0 +1,25 @@
+//! Chorus: a horizontally scaled chat server.
+//!
+//! Module map, following a message from the wire to storage:
+//! - [`config`]: settings from the environment, read and validated once at start-up.
+//! - [`startup`]: builds [`startup::AppState`] (pools, keys) and runs the HTTP server.
+//! - [`http`]: REST handlers, thin: parse, call [`service`], shape the response.
+//! - [`service`]: what Chorus does (accounts, rooms, messages), shared by REST and WebSocket.
+//! - [`db`]: PostgreSQL schema, row types and one query module per aggregate.
+//! - [`auth`]: argon2id passwords, JWT access tokens, rotating refresh tokens.
+//! - [`presence`]: who is online, kept in Redis.
+//! - [`protocol`]: the wire types.
+//! - [`error`]: the one error enum and its mapping to HTTP status and wire code.
+//! - [`telemetry`]: structured logs and per-request ids.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod presence;
+pub mod protocol;
+pub mod service;
+pub mod startup;
+pub mod telemetry;
+pub mod validate;

@@ -1,0 +1,53 @@
+//! The `chorus` binary: `chorus` serves, `chorus migrate` only migrates.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use chorus::config::{Cli, Command};
+use chorus::startup::Application;
+use chorus::{db, telemetry};
+
+fn main() -> ExitCode {
+    // A missing .env is normal; a malformed one is worth a word but not a refusal to start.
+    if let Err(e) = dotenvy::dotenv() {
+        if !e.not_found() {
+            eprintln!("chorus: ignoring .env: {e}");
+        }
+    }
+    let cli = Cli::parse();
+    let mut settings = cli.settings;
+    if let Err(e) = settings.validate() {
+        eprintln!("chorus: {e}");
+        return ExitCode::from(2);
+    }
+    telemetry::init(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chorus: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => runtime.block_on(async {
+            let applied = db::run_migrations(&settings.database_url)
+                .await
+                .map_err(|e| format!("cannot migrate the database at DATABASE_URL: {e}"))?;
+            tracing::info!(count = applied.len(), ?applied, "migrations applied");
+            Ok::<_, String>(())
+        }),
+        Command::Serve => runtime.block_on(async {
+            let app = Application::build(settings).await.map_err(|e| e.to_string())?;
+            tracing::info!(port = app.port(), node_id = app.state.settings.node_id(), "chorus node listening");
+            app.run_until_stopped().await.map_err(|e| e.to_string())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chorus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

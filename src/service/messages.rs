@@ -1,0 +1,198 @@
+//! Messages: send (idempotent, gap-free seq), edit, delete, clear, history, receipts, unreceived.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::db::models::MessageRow;
+use crate::db::{self, is_unique_violation, DbConn};
+use crate::error::{ApiError, ApiResult, Missing};
+use crate::protocol::{History, Message, Receipt, Role, Unreceived, UnreceivedRoom};
+use crate::service::rooms::Access;
+use crate::startup::AppState;
+use crate::validate::{self, Checks};
+
+const IDEMPOTENCY_INDEX: &str = "messages_idempotency_unique";
+
+/// A stored message and whether this call stored it (false: an idempotent retry found it).
+pub struct Sent {
+    pub message: Message,
+    pub created: bool,
+}
+
+pub async fn send(
+    state: &AppState,
+    sender: Uuid,
+    room_id: Uuid,
+    content: &str,
+    client_msg_id: Option<&str>,
+) -> ApiResult<Sent> {
+    validate::content(content, state.settings.max_message_bytes)?;
+    Checks::new().add(validate::client_msg_id(client_msg_id)).finish()?;
+    let mut conn = state.db.get().await?;
+    // The common case is one round trip; the lookups below run only when the insert did not happen.
+    match db::messages::insert_next(&mut conn, room_id, sender, content, client_msg_id).await {
+        Ok(Some(row)) => Ok(Sent { message: row.into(), created: true }),
+        Ok(None) => {
+            // Not stored: say why, with the same 404/403 rules as every room route.
+            Access::load(&mut conn, room_id, sender, false).await?.member()?;
+            Err(ApiError::NotFound(Missing::Room))
+        }
+        Err(e) if is_unique_violation(&e, IDEMPOTENCY_INDEX) => {
+            let id = client_msg_id.unwrap_or_default();
+            let row = db::messages::by_client_msg_id(&mut conn, sender, id).await?.ok_or(ApiError::internal(e))?;
+            if row.room_id != room_id {
+                return Err(ApiError::field("client_msg_id", "was already used for a message in another room"));
+            }
+            Ok(Sent { message: row.into(), created: false })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Loads a message of a room the caller can see; deleted messages count as missing for edits.
+async fn load_message(conn: &mut DbConn, caller: Uuid, room_id: Uuid, message_id: Uuid) -> ApiResult<(Access, MessageRow)> {
+    let access = Access::load(conn, room_id, caller, false).await?;
+    access.member()?;
+    let message = db::messages::find(conn, room_id, message_id)
+        .await?
+        .filter(|m| m.deleted_at.is_none() && m.seq > access.room.cleared_seq)
+        .ok_or(ApiError::NotFound(Missing::Message))?;
+    Ok((access, message))
+}
+
+/// The room a message lives in (WebSocket `edit`/`delete` name only the message).
+pub async fn room_of(state: &AppState, message_id: Uuid) -> ApiResult<Uuid> {
+    let mut conn = state.db.get().await?;
+    let row = db::messages::find_by_id(&mut conn, message_id).await?.ok_or(ApiError::NotFound(Missing::Message))?;
+    Ok(row.room_id)
+}
+
+pub async fn edit(state: &AppState, caller: Uuid, room_id: Uuid, message_id: Uuid, content: &str) -> ApiResult<Message> {
+    validate::content(content, state.settings.max_message_bytes)?;
+    let mut conn = state.db.get().await?;
+    let (_, message) = load_message(&mut conn, caller, room_id, message_id).await?;
+    if message.sender_id != caller {
+        return Err(ApiError::Forbidden("only the author may edit a message"));
+    }
+    Ok(db::messages::edit(&mut conn, message_id, content).await?.into())
+}
+
+pub async fn delete(state: &AppState, caller: Uuid, room_id: Uuid, message_id: Uuid) -> ApiResult<Message> {
+    let mut conn = state.db.get().await?;
+    let (access, message) = load_message(&mut conn, caller, room_id, message_id).await?;
+    if message.sender_id != caller {
+        access.require(Role::Admin).map_err(|_| ApiError::Forbidden("only the author, the owner or an admin may delete a message"))?;
+    }
+    Ok(db::messages::tombstone(&mut conn, message_id).await?.into())
+}
+
+/// Clears the history; returns the seq up to which it was cleared.
+pub async fn clear(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<i64> {
+    let mut conn = state.db.get().await?;
+    use diesel_async::AsyncConnection;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        Access::load(conn, room_id, caller, true).await?.require(Role::Admin)?;
+        Ok(db::messages::clear(conn, room_id).await?)
+    })
+    .await
+}
+
+/// A window of history, ascending. `after_seq` pages forward; otherwise the newest messages before
+/// `before_seq` (or the end).
+pub async fn history(
+    state: &AppState,
+    caller: Uuid,
+    room_id: Uuid,
+    before_seq: Option<i64>,
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+) -> ApiResult<History> {
+    let limit = validate::limit(limit)?;
+    Checks::new()
+        .add(validate::seq("before_seq", before_seq))
+        .add(validate::seq("after_seq", after_seq))
+        .check(before_seq.is_none() || after_seq.is_none(), "after_seq", "give before_seq or after_seq, not both")
+        .finish()?;
+    let mut conn = state.db.get().await?;
+    let access = Access::load(&mut conn, room_id, caller, false).await?;
+    access.member()?;
+    let floor = access.room.cleared_seq;
+    let (items, has_more, next) = match after_seq {
+        Some(after) => {
+            let mut rows = db::messages::after(&mut conn, room_id, after.max(floor), limit + 1).await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            let next = rows.last().map(|m| m.seq);
+            (rows, more, next)
+        }
+        None => {
+            let mut rows = db::messages::before(&mut conn, room_id, before_seq, limit + 1).await?;
+            rows.retain(|m| m.seq > floor);
+            let more = rows.len() as i64 > limit;
+            if more {
+                rows.remove(0);
+            }
+            let next = rows.first().map(|m| m.seq);
+            (rows, more, next)
+        }
+    };
+    Ok(History {
+        items: items.into_iter().map(Message::from).collect(),
+        has_more,
+        next_cursor: if has_more { next.map(|s| s.to_string()) } else { None },
+    })
+}
+
+/// Messages after `after_seq` for `sync`: up to `limit`, and whether more remain.
+pub async fn since(state: &AppState, caller: Uuid, room_id: Uuid, after_seq: i64, limit: i64) -> ApiResult<(Vec<Message>, bool)> {
+    let mut conn = state.db.get().await?;
+    let access = Access::load(&mut conn, room_id, caller, false).await?;
+    access.member()?;
+    let mut rows = db::messages::after(&mut conn, room_id, after_seq.max(access.room.cleared_seq), limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    Ok((rows.into_iter().map(Message::from).collect(), more))
+}
+
+pub async fn receipts(
+    state: &AppState,
+    caller: Uuid,
+    room_id: Uuid,
+    delivered_seq: Option<i64>,
+    read_seq: Option<i64>,
+) -> ApiResult<Receipt> {
+    Checks::new()
+        .add(validate::seq("delivered_seq", delivered_seq))
+        .add(validate::seq("read_seq", read_seq))
+        .check(delivered_seq.is_some() || read_seq.is_some(), "delivered_seq", "give delivered_seq, read_seq or both")
+        .finish()?;
+    let mut conn = state.db.get().await?;
+    match db::messages::advance_cursors(&mut conn, room_id, caller, delivered_seq, read_seq).await? {
+        Some(m) => Ok(Receipt { room_id, user_id: caller, delivered_seq: m.delivered_seq, read_seq: m.read_seq }),
+        None => {
+            Access::load(&mut conn, room_id, caller, false).await?.member()?;
+            Err(ApiError::NotFound(Missing::Room))
+        }
+    }
+}
+
+pub async fn unreceived(state: &AppState, caller: Uuid) -> ApiResult<Unreceived> {
+    let per_room = state.settings.unreceived_limit;
+    let mut conn = state.db.get().await?;
+    // Fetch one extra per room to learn whether more are waiting.
+    let rows = db::messages::unreceived(&mut conn, caller, per_room + 1).await?;
+    let mut by_room: BTreeMap<Uuid, Vec<Message>> = BTreeMap::new();
+    for row in rows {
+        by_room.entry(row.room_id).or_default().push(row.into());
+    }
+    let rooms = by_room
+        .into_iter()
+        .map(|(room_id, mut messages)| {
+            let has_more = messages.len() as i64 > per_room;
+            messages.truncate(per_room as usize);
+            UnreceivedRoom { room_id, messages, has_more }
+        })
+        .collect();
+    Ok(Unreceived { rooms })
+}

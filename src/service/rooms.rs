@@ -1,0 +1,407 @@
+//! Rooms and membership, with the permission matrix:
+//!
+//! | action                         | who                                   |
+//! |--------------------------------|---------------------------------------|
+//! | view room                      | member; anyone for a public room      |
+//! | update name/visibility/password| owner, admin                          |
+//! | close room, transfer ownership | owner                                 |
+//! | add members                    | owner, admin (group rooms)            |
+//! | remove a member                | a role above the target's             |
+//! | promote/demote admin           | owner                                 |
+//! | list members, leave            | member                                |
+//!
+//! Outsiders of a private room get 404 for everything, so the room's existence is not leaked.
+
+use std::collections::HashSet;
+
+use diesel_async::AsyncConnection;
+use uuid::Uuid;
+
+use crate::db::models::{MemberRow, NewRoom, RoomRow};
+use crate::db::rooms::{self as q, RoomChanges};
+use crate::db::{is_unique_violation, users, DbConn};
+use crate::error::{ApiError, ApiResult, Missing};
+use crate::presence;
+use crate::protocol::{CreateRoomRequest, Member, Page, Role, Room, UpdateRoomRequest};
+use crate::startup::AppState;
+use crate::validate::{self, Checks};
+
+const MAX_MEMBERS_PER_CALL: usize = 100;
+const PUBLIC_NAME_INDEX: &str = "rooms_public_name_unique";
+const NAME_TAKEN: &str = "a public room with that name exists";
+
+/// The caller's standing in a live room.
+pub struct Access {
+    pub room: RoomRow,
+    pub member: Option<MemberRow>,
+}
+
+impl Access {
+    /// Loads a live room and the caller's membership. Missing rooms, and private rooms the caller is
+    /// not in, are both `room.not_found`.
+    pub async fn load(conn: &mut DbConn, room_id: Uuid, caller: Uuid, lock: bool) -> ApiResult<Access> {
+        let room = if lock { q::lock_live(conn, room_id).await? } else { q::find_live(conn, room_id).await? };
+        let room = room.ok_or(ApiError::NotFound(Missing::Room))?;
+        let member = q::membership(conn, room_id, caller).await?;
+        if member.is_none() && !room.is_public() {
+            return Err(ApiError::NotFound(Missing::Room));
+        }
+        Ok(Access { room, member })
+    }
+
+    pub fn member(&self) -> ApiResult<&MemberRow> {
+        self.member.as_ref().ok_or(ApiError::Forbidden("you are not a member of this room"))
+    }
+
+    /// The caller's role, if it is at least `min`.
+    pub fn require(&self, min: Role) -> ApiResult<Role> {
+        let role = self.member()?.role();
+        if role < min {
+            return Err(ApiError::Forbidden(match min {
+                Role::Owner => "only the room owner may do this",
+                _ => "only the room owner or an admin may do this",
+            }));
+        }
+        Ok(role)
+    }
+
+    fn group_only(&self) -> ApiResult<()> {
+        if self.room.is_direct() {
+            return Err(ApiError::Forbidden("direct rooms cannot be changed this way"));
+        }
+        Ok(())
+    }
+}
+
+pub async fn view(conn: &mut DbConn, room_id: Uuid, caller: Uuid) -> ApiResult<Room> {
+    q::view(conn, room_id, caller).await?.map(Room::from).ok_or(ApiError::NotFound(Missing::Room))
+}
+
+fn check_password(field: &str, password: Option<&str>) -> Result<(), crate::error::FieldError> {
+    password.map_or(Ok(()), |p| validate::password(field, p))
+}
+
+pub async fn create(state: &AppState, caller: Uuid, req: CreateRoomRequest) -> ApiResult<Room> {
+    Checks::new()
+        .add(validate::room_name(&req.name))
+        .add(check_password("password", req.password.as_deref()))
+        .check(req.member_ids.len() <= MAX_MEMBERS_PER_CALL, "member_ids", "at most 100 at a time")
+        .finish()?;
+    let password_hash = match req.password {
+        Some(p) => Some(state.passwords.hash(p).await?),
+        None => None,
+    };
+    let mut others: Vec<Uuid> = req.member_ids.iter().copied().filter(|id| *id != caller).collect();
+    others.sort();
+    others.dedup();
+    let room_id = Uuid::now_v7();
+    let mut conn = state.db.get().await?;
+    let result = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            if !users::missing_ids(conn, &others).await?.is_empty() {
+                return Err(ApiError::NotFound(Missing::User));
+            }
+            let new = NewRoom {
+                id: room_id,
+                kind: "group",
+                name: Some(&req.name),
+                visibility: req.visibility.as_str(),
+                password_hash: password_hash.as_deref(),
+                direct_key: None,
+            };
+            q::insert_room(conn, &new).await.map_err(|e| {
+                if is_unique_violation(&e, PUBLIC_NAME_INDEX) {
+                    ApiError::Conflict(Missing::Room, NAME_TAKEN)
+                } else {
+                    e.into()
+                }
+            })?;
+            q::add_members(conn, room_id, &[caller], Role::Owner).await?;
+            q::add_members(conn, room_id, &others, Role::Member).await?;
+            Ok(())
+        })
+        .await;
+    result?;
+    view(&mut conn, room_id, caller).await
+}
+
+pub async fn get(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Room> {
+    let mut conn = state.db.get().await?;
+    Access::load(&mut conn, room_id, caller, false).await?;
+    view(&mut conn, room_id, caller).await
+}
+
+pub enum Scope {
+    Joined,
+    Public,
+}
+
+pub async fn list(
+    state: &AppState,
+    caller: Uuid,
+    scope: Scope,
+    cursor: Option<&str>,
+    limit: Option<i64>,
+) -> ApiResult<Page<Room>> {
+    let limit = validate::limit(limit)?;
+    let after = validate::decode_cursor(cursor)?
+        .map(|c| c.parse::<Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor this server issued")))
+        .transpose()?;
+    let mut conn = state.db.get().await?;
+    let mut rows = match scope {
+        Scope::Joined => q::list_joined(&mut conn, caller, after, limit + 1).await?,
+        Scope::Public => q::list_public(&mut conn, caller, after, limit + 1).await?,
+    };
+    let next_cursor = validate::next_cursor(&mut rows, limit, |r| r.id.to_string());
+    Ok(Page { items: rows.into_iter().map(Room::from).collect(), next_cursor })
+}
+
+pub async fn update(state: &AppState, caller: Uuid, room_id: Uuid, req: UpdateRoomRequest) -> ApiResult<Room> {
+    let mut checks = Checks::new();
+    if let Some(name) = &req.name {
+        checks.add(validate::room_name(name));
+    }
+    if let Some(Some(p)) = &req.password {
+        checks.add(validate::password("password", p));
+    }
+    checks.finish()?;
+    let password_hash = match &req.password {
+        Some(Some(p)) => Some(Some(state.passwords.hash(p.clone()).await?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let mut conn = state.db.get().await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let access = Access::load(conn, room_id, caller, true).await?;
+        access.require(Role::Admin)?;
+        access.group_only()?;
+        let changes = RoomChanges {
+            name: req.name.clone(),
+            visibility: req.visibility.as_ref().map(|v| v.as_str().to_owned()),
+            password_hash,
+            updated_at: Some(chrono::Utc::now()),
+        };
+        q::update(conn, room_id, &changes).await.map_err(|e| {
+            if is_unique_violation(&e, PUBLIC_NAME_INDEX) {
+                ApiError::Conflict(Missing::Room, NAME_TAKEN)
+            } else {
+                e.into()
+            }
+        })
+    })
+    .await?;
+    view(&mut conn, room_id, caller).await
+}
+
+/// Closes the room; returns the ids of the members it had (they get `room_deleted`).
+pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Vec<Uuid>> {
+    let mut conn = state.db.get().await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let access = Access::load(conn, room_id, caller, true).await?;
+        access.group_only()?;
+        access.require(Role::Owner)?;
+        let members = q::member_ids(conn, room_id).await?;
+        q::close(conn, room_id).await?;
+        Ok(members)
+    })
+    .await
+}
+
+pub async fn transfer(state: &AppState, caller: Uuid, room_id: Uuid, new_owner: Uuid) -> ApiResult<Room> {
+    let mut conn = state.db.get().await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let access = Access::load(conn, room_id, caller, true).await?;
+        access.group_only()?;
+        access.require(Role::Owner)?;
+        if new_owner == caller {
+            return Err(ApiError::field("user_id", "you already own this room"));
+        }
+        q::membership(conn, room_id, new_owner).await?.ok_or(ApiError::NotFound(Missing::User))?;
+        // Demote first: a partial unique index allows one owner per room at any instant.
+        q::set_role(conn, room_id, caller, Role::Admin).await?;
+        q::set_role(conn, room_id, new_owner, Role::Owner).await?;
+        Ok(())
+    })
+    .await?;
+    view(&mut conn, room_id, caller).await
+}
+
+/// Joins a public room; returns the room and whether the caller was newly added.
+pub async fn join(state: &AppState, caller: Uuid, room_id: Uuid, password: Option<String>) -> ApiResult<(Room, bool)> {
+    let mut conn = state.db.get().await?;
+    let access = Access::load(&mut conn, room_id, caller, false).await?;
+    if access.member.is_some() {
+        return Ok((view(&mut conn, room_id, caller).await?, false));
+    }
+    if let Some(hash) = access.room.password_hash.clone() {
+        let given = password.ok_or(ApiError::WrongPassword)?;
+        drop(conn);
+        if !state.passwords.verify(given, Some(hash)).await? {
+            return Err(ApiError::WrongPassword);
+        }
+        conn = state.db.get().await?;
+    }
+    let added = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            // Re-check under the lock: the room may have closed or gone private meanwhile.
+            let access = Access::load(conn, room_id, caller, true).await?;
+            if access.member.is_some() {
+                return Ok(false);
+            }
+            if !access.room.is_public() {
+                return Err(ApiError::NotFound(Missing::Room));
+            }
+            Ok(!q::add_members(conn, room_id, &[caller], Role::Member).await?.is_empty())
+        })
+        .await?;
+    Ok((view(&mut conn, room_id, caller).await?, added))
+}
+
+/// What leaving did, for the notifications it causes.
+pub struct Left {
+    pub new_owner: Option<Uuid>,
+    pub room_closed: bool,
+}
+
+pub async fn leave(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Left> {
+    let mut conn = state.db.get().await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let access = Access::load(conn, room_id, caller, true).await?;
+        let role = access.member()?.role();
+        access.group_only()?;
+        let successor = q::successor(conn, room_id, caller).await?;
+        q::remove_member(conn, room_id, caller).await?;
+        match successor {
+            None => {
+                q::close(conn, room_id).await?;
+                Ok(Left { new_owner: None, room_closed: true })
+            }
+            Some(next) if role == Role::Owner => {
+                q::set_role(conn, room_id, next, Role::Owner).await?;
+                Ok(Left { new_owner: Some(next), room_closed: false })
+            }
+            Some(_) => Ok(Left { new_owner: None, room_closed: false }),
+        }
+    })
+    .await
+}
+
+pub async fn members(
+    state: &AppState,
+    caller: Uuid,
+    room_id: Uuid,
+    cursor: Option<&str>,
+    limit: Option<i64>,
+) -> ApiResult<Page<Member>> {
+    let limit = validate::limit(limit)?;
+    let bad_cursor = || ApiError::field("cursor", "is not a cursor this server issued");
+    let after = validate::decode_cursor(cursor)?
+        .map(|c| {
+            let (ts, id) = c.split_once('|').ok_or_else(bad_cursor)?;
+            let ts = chrono::DateTime::parse_from_rfc3339(ts).map_err(|_| bad_cursor())?.to_utc();
+            Ok::<_, ApiError>((ts, id.parse::<Uuid>().map_err(|_| bad_cursor())?))
+        })
+        .transpose()?;
+    let mut conn = state.db.get().await?;
+    Access::load(&mut conn, room_id, caller, false).await?.member()?;
+    let mut rows = q::list_members(&mut conn, room_id, after, limit + 1).await?;
+    drop(conn);
+    let next_cursor = validate::next_cursor(&mut rows, limit, |m| {
+        format!("{}|{}", m.joined_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), m.user_id)
+    });
+    let ids: Vec<Uuid> = rows.iter().map(|m| m.user_id).collect();
+    let online: HashSet<Uuid> = presence::online_among(state, &ids).await;
+    let items = rows
+        .into_iter()
+        .map(|m| Member {
+            online: online.contains(&m.user_id),
+            user_id: m.user_id,
+            username: m.username,
+            role: Role::parse(&m.role),
+            joined_at: m.joined_at,
+        })
+        .collect();
+    Ok(Page { items, next_cursor })
+}
+
+/// Adds users to a room; returns the ids newly added.
+pub async fn add_members(state: &AppState, caller: Uuid, room_id: Uuid, user_ids: Vec<Uuid>) -> ApiResult<Vec<Uuid>> {
+    Checks::new()
+        .check(!user_ids.is_empty(), "user_ids", "must not be empty")
+        .check(user_ids.len() <= MAX_MEMBERS_PER_CALL, "user_ids", "at most 100 at a time")
+        .finish()?;
+    let mut conn = state.db.get().await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let access = Access::load(conn, room_id, caller, true).await?;
+        access.require(Role::Admin)?;
+        access.group_only()?;
+        if !users::missing_ids(conn, &user_ids).await?.is_empty() {
+            return Err(ApiError::NotFound(Missing::User));
+        }
+        Ok(q::add_members(conn, room_id, &user_ids, Role::Member).await?)
+    })
+    .await
+}
+
+pub async fn remove_member(state: &AppState, caller: Uuid, room_id: Uuid, target: Uuid) -> ApiResult<()> {
+    let mut conn = state.db.get().await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let access = Access::load(conn, room_id, caller, true).await?;
+        let my_role = access.require(Role::Admin)?;
+        access.group_only()?;
+        if target == caller {
+            return Err(ApiError::field("user_id", "use POST /rooms/{id}/leave to leave a room"));
+        }
+        let member = q::membership(conn, room_id, target).await?.ok_or(ApiError::NotFound(Missing::User))?;
+        if member.role() >= my_role {
+            return Err(ApiError::Forbidden("you may only remove members below your own role"));
+        }
+        q::remove_member(conn, room_id, target).await?;
+        Ok(())
+    })
+    .await
+}
+
+pub async fn set_role(state: &AppState, caller: Uuid, room_id: Uuid, target: Uuid, role: Role) -> ApiResult<Member> {
+    if role == Role::Owner {
+        return Err(ApiError::field("role", "must be admin or member; transfer ownership with POST /rooms/{id}/owner"));
+    }
+    let mut conn = state.db.get().await?;
+    let member = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let access = Access::load(conn, room_id, caller, true).await?;
+            access.require(Role::Owner)?;
+            access.group_only()?;
+            let member = q::membership(conn, room_id, target).await?.ok_or(ApiError::NotFound(Missing::User))?;
+            if member.role() == Role::Owner {
+                return Err(ApiError::field("user_id", "the owner's role changes only by transfer"));
+            }
+            q::set_role(conn, room_id, target, role).await?;
+            Ok(member)
+        })
+        .await?;
+    let user = users::by_id(&mut conn, target).await?.ok_or(ApiError::NotFound(Missing::User))?;
+    Ok(Member {
+        user_id: target,
+        username: user.username,
+        role,
+        joined_at: member.joined_at,
+        online: presence::is_online(state, target).await,
+    })
+}
+
+/// The one direct room between the caller and `other`; returns it and whether it was just created.
+pub async fn direct(state: &AppState, caller: Uuid, other: Uuid) -> ApiResult<(Room, bool)> {
+    if other == caller {
+        return Err(ApiError::field("user_id", "must be someone other than yourself"));
+    }
+    let mut conn = state.db.get().await?;
+    let (room_id, created) = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            users::by_id(conn, other).await?.ok_or(ApiError::NotFound(Missing::User))?;
+            Ok(q::upsert_direct(conn, caller, other).await?)
+        })
+        .await?;
+    Ok((view(&mut conn, room_id, caller).await?, created))
+}
+
