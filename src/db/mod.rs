@@ -13,7 +13,8 @@ use std::time::Duration;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub type DbConn = AsyncPgConnection;
@@ -39,15 +40,19 @@ pub fn build_pool(url: &str, max_size: usize, wait: Duration) -> Result<DbPool, 
 
 /// Applies pending migrations under a PostgreSQL advisory lock; returns the versions it applied.
 pub async fn run_migrations(url: &str) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
-    let mut conn = DbConn::establish(url).await?;
-    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")).execute(&mut conn).await?;
-    // The harness drives diesel's sync migration runner with block_in_place, so it needs the
-    // multi-threaded runtime; the lock is session-scoped and goes away with the connection either way.
-    let mut harness = AsyncMigrationHarness::new(conn);
-    let applied = harness.run_pending_migrations(MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect());
-    let mut conn = harness.into_inner();
-    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(&mut conn).await?;
-    applied
+    let url = url.to_owned();
+    // diesel's migration runner is synchronous: run it on the blocking pool through the async
+    // connection wrapper (which drives its own small runtime), so it works under any runtime flavour.
+    tokio::task::spawn_blocking(move || {
+        use diesel::{Connection, RunQueryDsl as _};
+        let mut conn = AsyncConnectionWrapper::<DbConn>::establish(&url)?;
+        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")).execute(&mut conn)?;
+        let applied = conn.run_pending_migrations(MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect());
+        // The lock is session-scoped: it also goes when the connection drops, even if unlocking fails.
+        diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")).execute(&mut conn)?;
+        applied
+    })
+    .await?
 }
 
 /// True when `e` is a unique-constraint violation on the named constraint or index.

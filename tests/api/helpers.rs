@@ -1,0 +1,222 @@
+//! Test harness: real nodes on port 0 against a real PostgreSQL (a fresh database per test, cloned
+//! from a migrated template) and a real Redis (a fresh key prefix per test).
+
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::StatusCode;
+use chorus::config::Settings;
+use chorus::startup::Application;
+use diesel::sql_types::Text;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+/// Admin URL of the test PostgreSQL server (tests create databases there).
+pub fn admin_database_url() -> String {
+    std::env::var("CHORUS_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CHORUS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// `admin_database_url` with its database name replaced.
+pub fn database_url(name: &str) -> String {
+    let admin = admin_database_url();
+    let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+#[derive(diesel::QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    datname: String,
+}
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+/// A database with every migration applied, made once per test process; each test clones it.
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let mut admin = AsyncPgConnection::establish(&admin_database_url()).await.expect("connect to test PostgreSQL");
+            // Leftovers from earlier runs of this suite (a crashed run cannot clean up after itself).
+            let stale: Vec<Name> = diesel::sql_query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'chorus\\_t\\_%' OR datname LIKE 'chorus\\_tpl\\_%'",
+            )
+            .load(&mut admin)
+            .await
+            .expect("list databases");
+            for db in stale {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", db.datname))
+                    .execute(&mut admin)
+                    .await;
+            }
+            let name = format!("chorus_tpl_{}", Uuid::new_v4().simple());
+            diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create template");
+            chorus::db::run_migrations(&database_url(&name)).await.expect("migrate template");
+            name
+        })
+        .await
+}
+
+/// A fresh, migrated database for one test.
+pub async fn fresh_database() -> String {
+    let template = template().await;
+    let name = format!("chorus_t_{}", Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&admin_database_url()).await.expect("connect to test PostgreSQL");
+    // Cloning fails while another session is connected to the template; the migration connection may
+    // still be closing, so retry briefly.
+    for attempt in 0.. {
+        match diesel::sql_query(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")).execute(&mut admin).await {
+            Ok(_) => break,
+            Err(e) if attempt < 50 => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("clone template: {e}"),
+        }
+    }
+    database_url(&name)
+}
+
+pub fn test_settings(database_url: &str) -> Settings {
+    let prefix = format!("chorus-test:{}:", Uuid::new_v4().simple());
+    let mut settings = Settings::for_tests(database_url, &redis_url(), &prefix);
+    settings.workers = Some(1);
+    settings.validate().expect("test settings are valid");
+    settings
+}
+
+/// One node, in this process, serving on a free port.
+pub struct TestApp {
+    pub address: String,
+    pub database_url: String,
+    pub client: awc::Client,
+    handle: ServerHandle,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Best effort: the server stops with the test's runtime anyway.
+        let handle = self.handle.clone();
+        drop(handle.stop(false));
+    }
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub username: String,
+    pub password: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let database_url = fresh_database().await;
+    let mut settings = test_settings(&database_url);
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("node starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    TestApp { address, database_url, client, handle }
+}
+
+/// A response reduced to what tests look at.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: actix_web::http::header::HeaderMap,
+}
+
+impl Reply {
+    /// The error code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("<no code>")
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let mut res = match body {
+            Some(body) => req.send_json(&body).await,
+            None => req.send().await,
+        }
+        .expect("request reaches the node");
+        let bytes = res.body().limit(16 * 1024 * 1024).await.expect("read body");
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        Reply { status: res.status(), body, headers: res.headers().clone() }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.request("GET", path, Some(token), None).await
+    }
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.request("POST", path, Some(token), Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.request("PATCH", path, Some(token), Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.request("DELETE", path, Some(token), None).await
+    }
+
+    /// Registers and logs in a user with a unique name starting with `name`.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let username = format!("{name}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let password = "correct horse battery".to_owned();
+        let reg = self
+            .request("POST", "/api/v1/auth/register", None, Some(json!({"username": username, "password": password})))
+            .await;
+        assert_eq!(reg.status, StatusCode::CREATED, "register: {:?}", reg.body);
+        let login = self
+            .request("POST", "/api/v1/auth/login", None, Some(json!({"username": username, "password": password})))
+            .await;
+        assert_eq!(login.status, StatusCode::OK, "login: {:?}", login.body);
+        TestUser {
+            id: login.body["user"]["id"].as_str().and_then(|s| s.parse().ok()).expect("user id"),
+            username,
+            password,
+            token: login.body["access_token"].as_str().expect("access token").to_owned(),
+            refresh_token: login.body["refresh_token"].as_str().expect("refresh token").to_owned(),
+        }
+    }
+
+    /// Creates a room owned by `owner`; returns its id.
+    pub async fn room(&self, owner: &TestUser, visibility: &str) -> Uuid {
+        let name = format!("room-{}", Uuid::new_v4().simple());
+        let res = self.post("/api/v1/rooms", &owner.token, json!({"name": name, "visibility": visibility})).await;
+        assert_eq!(res.status, StatusCode::CREATED, "create room: {:?}", res.body);
+        res.body["id"].as_str().and_then(|s| s.parse().ok()).expect("room id")
+    }
+
+    pub async fn add(&self, by: &TestUser, room: Uuid, users: &[&TestUser]) {
+        let ids: Vec<Uuid> = users.iter().map(|u| u.id).collect();
+        let res = self.post(&format!("/api/v1/rooms/{room}/members"), &by.token, json!({"user_ids": ids})).await;
+        assert_eq!(res.status, StatusCode::OK, "add members: {:?}", res.body);
+    }
+
+    pub async fn send(&self, by: &TestUser, room: Uuid, content: &str) -> Reply {
+        self.post(&format!("/api/v1/rooms/{room}/messages"), &by.token, json!({"content": content})).await
+    }
+}
