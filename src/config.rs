@@ -131,6 +131,38 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_UNRECEIVED_LIMIT", default_value_t = 500)]
     pub unreceived_limit: i64,
 
+    /// Seconds between server pings on a WebSocket; a client silent for 2.5x this is disconnected.
+    #[arg(long, env = "CHORUS_WS_HEARTBEAT_S", default_value_t = 15)]
+    pub ws_heartbeat_s: u64,
+
+    /// Frames queued per WebSocket before the socket counts as a slow consumer and is closed (4008).
+    #[arg(long, env = "CHORUS_WS_QUEUE", default_value_t = 1024)]
+    pub ws_queue: usize,
+
+    /// Client frames per second a WebSocket session may send (sustained).
+    #[arg(long, env = "CHORUS_WS_RATE_PER_S", default_value_t = 20)]
+    pub ws_rate_per_s: u32,
+
+    /// Client frames a WebSocket session may send in a burst.
+    #[arg(long, env = "CHORUS_WS_RATE_BURST", default_value_t = 60)]
+    pub ws_rate_burst: u32,
+
+    /// Most messages one `sync` replays per room (the reply says when more remain).
+    #[arg(long, env = "CHORUS_WS_SYNC_LIMIT", default_value_t = 1000)]
+    pub ws_sync_limit: i64,
+
+    /// A user's `typing` is forwarded at most once per this many ms per room.
+    #[arg(long, env = "CHORUS_TYPING_THROTTLE_MS", default_value_t = 2000)]
+    pub typing_throttle_ms: u64,
+
+    /// Seconds a session's presence lease lasts without renewal (a killed node's users go offline after it).
+    #[arg(long, env = "CHORUS_PRESENCE_TTL_S", default_value_t = 30)]
+    pub presence_ttl_s: u64,
+
+    /// While Redis is down, how often (ms) each node polls PostgreSQL for new messages in its rooms.
+    #[arg(long, env = "CHORUS_DEGRADED_POLL_MS", default_value_t = 1000)]
+    pub degraded_poll_ms: u64,
+
     /// argon2id memory cost in KiB (OWASP minimum: 19456).
     #[arg(long, env = "CHORUS_ARGON2_MEMORY_KIB", default_value_t = 19456)]
     pub argon2_memory_kib: u32,
@@ -201,6 +233,11 @@ impl Settings {
         if self.max_message_bytes == 0 || self.max_message_bytes >= self.max_frame_bytes {
             return Err(ConfigError(
                 "CHORUS_MAX_MESSAGE_BYTES must be positive and smaller than CHORUS_MAX_FRAME_BYTES".into(),
+            ));
+        }
+        if self.ws_heartbeat_s == 0 || self.presence_ttl_s == 0 || self.ws_queue < 8 || self.ws_rate_per_s == 0 {
+            return Err(ConfigError(
+                "CHORUS_WS_HEARTBEAT_S, CHORUS_PRESENCE_TTL_S and CHORUS_WS_RATE_PER_S must be positive, CHORUS_WS_QUEUE at least 8".into(),
             ));
         }
         if self.node_id.is_none() {

@@ -7,19 +7,29 @@
 //! - [`service`]: what Chorus does (accounts, rooms, messages), shared by REST and WebSocket.
 //! - [`db`]: PostgreSQL schema, row types and one query module per aggregate.
 //! - [`auth`]: argon2id passwords, JWT access tokens, rotating refresh tokens.
+//! - [`ws`]: the WebSocket endpoint and the per-socket session loop.
+//! - [`fanout`]: turns an event into one frame and one PUBLISH.
+//! - [`bus`]: this node's Redis pub/sub connection (subscribe) and publishing.
+//! - [`hub`]: this node's sockets, room subscriptions, in-order gap-free delivery.
 //! - [`presence`]: who is online, kept in Redis.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`protocol`]: the wire types.
 //! - [`error`]: the one error enum and its mapping to HTTP status and wire code.
 //! - [`telemetry`]: structured logs and per-request ids.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fanout;
 pub mod http;
+pub mod hub;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod service;
 pub mod startup;
 pub mod telemetry;
 pub mod validate;
+pub mod ws;

@@ -40,6 +40,12 @@ fn main() -> ExitCode {
         Command::Serve => runtime.block_on(async {
             let app = Application::build(settings).await.map_err(|e| e.to_string())?;
             tracing::info!(port = app.port(), node_id = app.state.settings.node_id(), "chorus node listening");
+            let (state, handle) = (app.state.clone(), app.handle());
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown signal: draining");
+                Application::drain(&state, &handle).await;
+            });
             app.run_until_stopped().await.map_err(|e| e.to_string())
         }),
     };
@@ -49,5 +55,28 @@ fn main() -> ExitCode {
             eprintln!("chorus: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }

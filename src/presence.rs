@@ -51,3 +51,199 @@ pub async fn online_among(state: &AppState, users: &[Uuid]) -> HashSet<Uuid> {
 pub async fn is_online(state: &AppState, user: Uuid) -> bool {
     online_among(state, &[user]).await.contains(&user)
 }
+
+/// Adds a session's lease; true when it is the user's first live session (they just came online).
+/// Atomic in Redis: expired leases are dropped and the count taken in the same script, so two
+/// sessions opening at once cannot both (or neither) see themselves as first.
+const OPEN_SCRIPT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local before = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
+return before
+";
+
+/// Removes a session's lease; true when no live session of the user remains (they went offline).
+const CLOSE_SCRIPT: &str = r"
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[3])
+if removed == 0 then return -1 end
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// Where this node records its sessions, so a live node can clean up after a dead one.
+pub fn node_sessions_key(prefix: &str, node: &str) -> String {
+    format!("{prefix}node:{node}:sessions")
+}
+
+pub fn nodes_key(prefix: &str) -> String {
+    format!("{prefix}nodes")
+}
+
+fn member(user: Uuid, session: Uuid) -> String {
+    format!("{user}:{session}")
+}
+
+pub async fn session_opened(state: &AppState, user: Uuid, session: Uuid) -> Result<bool, String> {
+    let prefix = &state.settings.redis_prefix;
+    let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
+    let now = unix_ms();
+    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    let before: i64 = redis::Script::new(OPEN_SCRIPT)
+        .key(presence_key(prefix, user))
+        .key(node_sessions_key(prefix, state.settings.node_id()))
+        .arg(session.to_string())
+        .arg(now + ttl_ms)
+        .arg(now)
+        .arg(ttl_ms * 4)
+        .arg(member(user, session))
+        .invoke_async(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(before == 0)
+}
+
+pub async fn session_closed(state: &AppState, user: Uuid, session: Uuid) -> Result<bool, String> {
+    let prefix = &state.settings.redis_prefix;
+    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    let remaining: i64 = redis::Script::new(CLOSE_SCRIPT)
+        .key(presence_key(prefix, user))
+        .key(node_sessions_key(prefix, state.settings.node_id()))
+        .arg(session.to_string())
+        .arg(unix_ms())
+        .arg(member(user, session))
+        .invoke_async(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(remaining == 0)
+}
+
+/// Tells the user's rooms about a transition, and records `last_seen_at` when they go offline.
+pub async fn announce(state: &AppState, user: Uuid, online: bool) {
+    let result: Result<(), crate::error::ApiError> = async {
+        let mut conn = state.db.get().await?;
+        if !online {
+            crate::db::users::touch_last_seen(&mut conn, user).await?;
+        }
+        let last_seen_at = crate::db::users::by_id(&mut conn, user).await?.and_then(|u| u.last_seen_at);
+        let rooms = crate::db::rooms::room_ids_of(&mut conn, user).await?;
+        drop(conn);
+        state.fanout.presence(user, online, last_seen_at, rooms).await;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, %user, online, "presence announcement failed");
+    }
+}
+
+/// Renews the leases of this node's sessions and its own liveness mark, every third of the TTL;
+/// and, as any node may, cleans up after nodes that stopped renewing (killed without a word).
+pub async fn maintain(state: actix_web::web::Data<AppState>) {
+    let period = std::time::Duration::from_millis((state.settings.presence_ttl_s * 1000 / 3).max(200));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(error) = renew(&state).await {
+            tracing::warn!(%error, "presence renewal failed");
+        }
+        if let Err(error) = sweep_dead_nodes(&state).await {
+            tracing::warn!(%error, "presence sweep failed");
+        }
+    }
+}
+
+async fn renew(state: &AppState) -> Result<(), String> {
+    let prefix = &state.settings.redis_prefix;
+    let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
+    let now = unix_ms();
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZADD").arg(nodes_key(prefix)).arg(now).arg(state.settings.node_id()).ignore();
+    let sessions = state.hub.sessions();
+    for (user, session) in &sessions {
+        // Plain ZADD, not XX: a lease a sweeper dropped while this node looked dead comes back.
+        pipe.cmd("ZADD").arg(presence_key(prefix, *user)).arg(now + ttl_ms).arg(session.to_string()).ignore();
+        pipe.cmd("PEXPIRE").arg(presence_key(prefix, *user)).arg(ttl_ms * 4).ignore();
+        pipe.cmd("SADD").arg(node_sessions_key(prefix, state.settings.node_id())).arg(member(*user, *session)).ignore();
+    }
+    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    pipe.query_async::<()>(&mut *conn).await.map_err(|e| e.to_string())?;
+    state.metrics.presence_heartbeats_total.inc_by(sessions.len() as u64);
+    Ok(())
+}
+
+/// Finds nodes whose liveness mark is older than the TTL, takes a short lock per dead node, drops
+/// its sessions' leases and announces users who are now offline.
+async fn sweep_dead_nodes(state: &AppState) -> Result<(), String> {
+    let prefix = &state.settings.redis_prefix;
+    let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
+    let now = unix_ms();
+    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(nodes_key(prefix))
+        .arg("-inf")
+        .arg(now - ttl_ms)
+        .query_async(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    for node in dead.into_iter().filter(|n| n != state.settings.node_id()) {
+        let lock: Option<String> = redis::cmd("SET")
+            .arg(format!("{prefix}sweep:{node}"))
+            .arg(state.settings.node_id())
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if lock.is_none() {
+            continue; // another node is on it
+        }
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(node_sessions_key(prefix, &node))
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut offline = Vec::new();
+        for entry in &members {
+            let Some((user, session)) = entry.split_once(':') else { continue };
+            let Ok(user) = user.parse::<Uuid>() else { continue };
+            let key = presence_key(prefix, user);
+            let (_, live): (i64, i64) = redis::pipe()
+                .cmd("ZREM")
+                .arg(&key)
+                .arg(session)
+                .cmd("ZCOUNT")
+                .arg(&key)
+                .arg(now)
+                .arg("+inf")
+                .query_async(&mut *conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if live == 0 {
+                offline.push(user);
+            }
+        }
+        redis::pipe()
+            .cmd("DEL")
+            .arg(node_sessions_key(prefix, &node))
+            .ignore()
+            .cmd("ZREM")
+            .arg(nodes_key(prefix))
+            .arg(&node)
+            .ignore()
+            .query_async::<()>(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(node, sessions = members.len(), offline = offline.len(), "cleaned up after a dead node");
+        offline.sort();
+        offline.dedup();
+        for user in offline {
+            announce(state, user, false).await;
+        }
+    }
+    Ok(())
+}

@@ -11,16 +11,25 @@ use actix_web::{web, App, HttpServer};
 use crate::auth::password::PasswordHashing;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
+use crate::bus::Bus;
 use crate::db::{self, DbPool};
+use crate::fanout::Fanout;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::{http, telemetry};
 
-/// Everything a request handler may need; cheap to clone (pools and `Arc`s).
+/// Everything a request handler may need, built once per node and shared by every worker.
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: DbPool,
     pub redis: deadpool_redis::Pool,
     pub tokens: TokenKeys,
     pub passwords: PasswordHashing,
+    pub metrics: Arc<Metrics>,
+    /// This node's sockets and room subscriptions.
+    pub hub: Arc<Hub>,
+    /// Publishes events to every node.
+    pub fanout: Fanout,
     /// Set on SIGTERM: `/readyz` fails at once so the load balancer stops sending new clients.
     pub draining: std::sync::atomic::AtomicBool,
 }
@@ -45,7 +54,29 @@ impl AppState {
             .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
         let tokens = TokenKeys::from_settings(&settings).map_err(StartupError)?;
         let passwords = PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations).map_err(StartupError)?;
-        Ok(Self { settings: Arc::new(settings), db, redis, tokens, passwords, draining: Default::default() })
+        let metrics = Arc::new(Metrics::new(settings.node_id()).map_err(|e| StartupError(e.to_string()))?);
+        let (bus, bus_events) =
+            Bus::start(&settings.redis_url, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
+        let hub = Hub::start(
+            bus.clone(),
+            bus_events,
+            db.clone(),
+            metrics.clone(),
+            settings.ws_queue,
+            Duration::from_millis(settings.degraded_poll_ms),
+        );
+        let fanout = Fanout::new(bus, hub.clone());
+        Ok(Self {
+            settings: Arc::new(settings),
+            db,
+            redis,
+            tokens,
+            passwords,
+            metrics,
+            hub,
+            fanout,
+            draining: Default::default(),
+        })
     }
 }
 
@@ -66,6 +97,7 @@ impl Application {
         })?;
         let state = web::Data::new(AppState::build(settings)?);
         check_redis(&state).await?;
+        tokio::spawn(crate::presence::maintain(state.clone()));
         let listener = TcpListener::bind(state.settings.bind)
             .map_err(|e| StartupError(format!("cannot listen on CHORUS_BIND={}: {e}", state.settings.bind)))?;
         let port = listener.local_addr().map_err(|e| StartupError(e.to_string()))?.port();
@@ -79,6 +111,18 @@ impl Application {
 
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
+    }
+
+    /// Drains the node: `/readyz` fails at once, every socket is closed with 1012 (clients reconnect
+    /// to another node), then the server stops, all within the grace period.
+    pub async fn drain(state: &AppState, handle: &ServerHandle) {
+        state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        state.hub.close_all(crate::protocol::ws::close_code::SERVICE_RESTART);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(state.settings.shutdown_grace_s);
+        while state.hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        handle.stop(true).await;
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
@@ -103,6 +147,8 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, Star
             .wrap(actix_web::middleware::from_fn(telemetry::request_span))
     })
     .workers(workers)
+    // SIGTERM/SIGINT are handled by `main`, which drains sockets before stopping the server.
+    .disable_signals()
     .shutdown_timeout(grace)
     .client_request_timeout(Duration::from_secs(10))
     .listen(listener)

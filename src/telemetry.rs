@@ -40,6 +40,7 @@ pub async fn request_span(
     let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
+    let app_state = req.app_data::<actix_web::web::Data<crate::startup::AppState>>().cloned();
     let span = tracing::info_span!("request", request_id = %request_id);
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
@@ -47,6 +48,11 @@ pub async fn request_span(
         Ok(res) => res.status(),
         Err(e) => e.as_response_error().status_code(),
     };
+    if let Some(state) = app_state {
+        let seconds = started.elapsed().as_secs_f64();
+        state.metrics.http_requests_total.with_label_values(&[&route, method.as_str(), status.as_str()]).inc();
+        state.metrics.http_request_duration_seconds.with_label_values(&[&route]).observe(seconds);
+    }
     let _entered = span.enter();
     tracing::info!(
         %method,

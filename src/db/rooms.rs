@@ -237,3 +237,29 @@ pub async fn list_members(
     .load(conn)
     .await
 }
+
+/// `(room, last_seq)` of live rooms among `ids` (degraded-mode polling).
+pub async fn last_seqs(conn: &mut DbConn, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, Error> {
+    rooms::table
+        .filter(rooms::id.eq_any(ids))
+        .filter(rooms::deleted_at.is_null())
+        .select((rooms::id, rooms::last_seq))
+        .load(conn)
+        .await
+}
+
+/// Ids of the rooms `user` belongs to (presence fan-out).
+pub async fn room_ids_of(conn: &mut DbConn, user: Uuid) -> Result<Vec<Uuid>, Error> {
+    room_members::table.filter(room_members::user_id.eq(user)).select(room_members::room_id).load(conn).await
+}
+
+/// Every live room of `user` with its head and the user's cursors (the `ready` event).
+pub async fn states_of(conn: &mut DbConn, user: Uuid) -> Result<Vec<(Uuid, i64, i64, i64)>, Error> {
+    room_members::table
+        .inner_join(rooms::table)
+        .filter(room_members::user_id.eq(user))
+        .filter(rooms::deleted_at.is_null())
+        .select((rooms::id, rooms::last_seq, room_members::delivered_seq, room_members::read_seq))
+        .load(conn)
+        .await
+}

@@ -17,7 +17,7 @@ use super::{auth, health, messages, rooms, users};
         rooms::leave, rooms::members, rooms::add_members, rooms::remove_member, rooms::set_role, rooms::direct,
         messages::history, messages::send, messages::edit, messages::delete, messages::clear, messages::receipts,
         messages::unreceived,
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, health::metrics,
     ),
     modifiers(&BearerAuth),
     tags((name = "auth"), (name = "users"), (name = "rooms"), (name = "messages"), (name = "ops"))

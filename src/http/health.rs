@@ -9,7 +9,9 @@ use serde::Serialize;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz));
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -46,6 +48,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     );
     let postgres = matches!(postgres, Ok(Some(_)));
     let redis = matches!(redis, Ok(Some(_)));
+    // The pub/sub connection matters as much as a PING: without it this node's sockets miss live events.
+    let redis = redis && state.hub.bus().is_connected();
     let ready = postgres && redis && !draining;
     let body = Readiness { ready, postgres, redis, draining, node_id: state.settings.node_id().to_owned() };
     if ready {
@@ -53,4 +57,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// Prometheus text exposition of this node's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let status = state.db.status();
+    state.metrics.db_pool_size.set(status.size as i64);
+    state.metrics.db_pool_in_use.set((status.size - status.available) as i64);
+    state.metrics.db_pool_waiting.set(status.waiting as i64);
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }

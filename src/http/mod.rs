@@ -26,7 +26,8 @@ pub fn configure(max_body: usize) -> impl FnOnce(&mut web::ServiceConfig) {
                     .configure(auth::routes)
                     .configure(users::routes)
                     .configure(rooms::routes)
-                    .configure(messages::routes),
+                    .configure(messages::routes)
+                    .configure(crate::ws::routes),
             )
             .default_service(web::to(not_found));
     }

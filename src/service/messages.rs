@@ -27,12 +27,20 @@ pub async fn send(
     content: &str,
     client_msg_id: Option<&str>,
 ) -> ApiResult<Sent> {
+    state.metrics.messages_received_total.inc();
     validate::content(content, state.settings.max_message_bytes)?;
     Checks::new().add(validate::client_msg_id(client_msg_id)).finish()?;
     let mut conn = state.db.get().await?;
     // The common case is one round trip; the lookups below run only when the insert did not happen.
     match db::messages::insert_next(&mut conn, room_id, sender, content, client_msg_id).await {
-        Ok(Some(row)) => Ok(Sent { message: row.into(), created: true }),
+        Ok(Some(row)) => {
+            drop(conn);
+            state.metrics.messages_persisted_total.inc();
+            let message = Message::from(row);
+            // Persist, then publish: the caller's acknowledgement follows both.
+            state.fanout.message_created(&message).await;
+            Ok(Sent { message, created: true })
+        }
         Ok(None) => {
             // Not stored: say why, with the same 404/403 rules as every room route.
             Access::load(&mut conn, room_id, sender, false).await?.member()?;
@@ -75,7 +83,10 @@ pub async fn edit(state: &AppState, caller: Uuid, room_id: Uuid, message_id: Uui
     if message.sender_id != caller {
         return Err(ApiError::Forbidden("only the author may edit a message"));
     }
-    Ok(db::messages::edit(&mut conn, message_id, content).await?.into())
+    let message: Message = db::messages::edit(&mut conn, message_id, content).await?.into();
+    drop(conn);
+    state.fanout.message_edited(&message).await;
+    Ok(message)
 }
 
 pub async fn delete(state: &AppState, caller: Uuid, room_id: Uuid, message_id: Uuid) -> ApiResult<Message> {
@@ -84,18 +95,25 @@ pub async fn delete(state: &AppState, caller: Uuid, room_id: Uuid, message_id: U
     if message.sender_id != caller {
         access.require(Role::Admin).map_err(|_| ApiError::Forbidden("only the author, the owner or an admin may delete a message"))?;
     }
-    Ok(db::messages::tombstone(&mut conn, message_id).await?.into())
+    let message: Message = db::messages::tombstone(&mut conn, message_id).await?.into();
+    drop(conn);
+    state.fanout.message_deleted(&message).await;
+    Ok(message)
 }
 
 /// Clears the history; returns the seq up to which it was cleared.
 pub async fn clear(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<i64> {
     let mut conn = state.db.get().await?;
     use diesel_async::AsyncConnection;
-    conn.transaction::<_, ApiError, _>(async |conn| {
-        Access::load(conn, room_id, caller, true).await?.require(Role::Admin)?;
-        Ok(db::messages::clear(conn, room_id).await?)
-    })
-    .await
+    let cleared = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            Access::load(conn, room_id, caller, true).await?.require(Role::Admin)?;
+            Ok(db::messages::clear(conn, room_id).await?)
+        })
+        .await?;
+    drop(conn);
+    state.fanout.room_cleared(room_id, cleared).await;
+    Ok(cleared)
 }
 
 /// A window of history, ascending. `after_seq` pages forward; otherwise the newest messages before
@@ -169,7 +187,12 @@ pub async fn receipts(
         .finish()?;
     let mut conn = state.db.get().await?;
     match db::messages::advance_cursors(&mut conn, room_id, caller, delivered_seq, read_seq).await? {
-        Some(m) => Ok(Receipt { room_id, user_id: caller, delivered_seq: m.delivered_seq, read_seq: m.read_seq }),
+        Some(m) => {
+            drop(conn);
+            let receipt = Receipt { room_id, user_id: caller, delivered_seq: m.delivered_seq, read_seq: m.read_seq };
+            state.fanout.receipt(&receipt, read_seq.is_some()).await;
+            Ok(receipt)
+        }
         None => {
             Access::load(&mut conn, room_id, caller, false).await?.member()?;
             Err(ApiError::NotFound(Missing::Room))

@@ -122,7 +122,13 @@ pub async fn create(state: &AppState, caller: Uuid, req: CreateRoomRequest) -> A
         })
         .await;
     result?;
-    view(&mut conn, room_id, caller).await
+    let room = view(&mut conn, room_id, caller).await?;
+    drop(conn);
+    state.fanout.member_joined(room_id, caller, Role::Owner, 0).await;
+    for user in others {
+        state.fanout.member_joined(room_id, user, Role::Member, 0).await;
+    }
+    Ok(room)
 }
 
 pub async fn get(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Room> {
@@ -190,13 +196,16 @@ pub async fn update(state: &AppState, caller: Uuid, room_id: Uuid, req: UpdateRo
         })
     })
     .await?;
-    view(&mut conn, room_id, caller).await
+    let room = view(&mut conn, room_id, caller).await?;
+    drop(conn);
+    state.fanout.room_updated(&room).await;
+    Ok(room)
 }
 
-/// Closes the room; returns the ids of the members it had (they get `room_deleted`).
-pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Vec<Uuid>> {
+/// Closes the room; returns how many members it had (they get `room_deleted`).
+pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<usize> {
     let mut conn = state.db.get().await?;
-    conn.transaction::<_, ApiError, _>(async |conn| {
+    let members = conn.transaction::<_, ApiError, _>(async |conn| {
         let access = Access::load(conn, room_id, caller, true).await?;
         access.group_only()?;
         access.require(Role::Owner)?;
@@ -205,6 +214,10 @@ pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<V
         Ok(members)
     })
     .await
+    .map(|members| members.len())?;
+    drop(conn);
+    state.fanout.room_deleted(room_id).await;
+    Ok(members)
 }
 
 pub async fn transfer(state: &AppState, caller: Uuid, room_id: Uuid, new_owner: Uuid) -> ApiResult<Room> {
@@ -223,7 +236,11 @@ pub async fn transfer(state: &AppState, caller: Uuid, room_id: Uuid, new_owner: 
         Ok(())
     })
     .await?;
-    view(&mut conn, room_id, caller).await
+    let room = view(&mut conn, room_id, caller).await?;
+    drop(conn);
+    state.fanout.member_updated(room_id, caller, Role::Admin).await;
+    state.fanout.member_updated(room_id, new_owner, Role::Owner).await;
+    Ok(room)
 }
 
 /// Joins a public room; returns the room and whether the caller was newly added.
@@ -254,7 +271,12 @@ pub async fn join(state: &AppState, caller: Uuid, room_id: Uuid, password: Optio
             Ok(!q::add_members(conn, room_id, &[caller], Role::Member).await?.is_empty())
         })
         .await?;
-    Ok((view(&mut conn, room_id, caller).await?, added))
+    let room = view(&mut conn, room_id, caller).await?;
+    drop(conn);
+    if added {
+        state.fanout.member_joined(room_id, caller, Role::Member, room.last_seq).await;
+    }
+    Ok((room, added))
 }
 
 /// What leaving did, for the notifications it causes.
@@ -265,7 +287,7 @@ pub struct Left {
 
 pub async fn leave(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Left> {
     let mut conn = state.db.get().await?;
-    conn.transaction::<_, ApiError, _>(async |conn| {
+    let left = conn.transaction::<_, ApiError, _>(async |conn| {
         let access = Access::load(conn, room_id, caller, true).await?;
         let role = access.member()?.role();
         access.group_only()?;
@@ -283,7 +305,16 @@ pub async fn leave(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<L
             Some(_) => Ok(Left { new_owner: None, room_closed: false }),
         }
     })
-    .await
+    .await?;
+    drop(conn);
+    state.fanout.member_left(room_id, caller, "left").await;
+    if let Some(owner) = left.new_owner {
+        state.fanout.member_updated(room_id, owner, Role::Owner).await;
+    }
+    if left.room_closed {
+        state.fanout.room_deleted(room_id).await;
+    }
+    Ok(left)
 }
 
 pub async fn members(
@@ -331,16 +362,22 @@ pub async fn add_members(state: &AppState, caller: Uuid, room_id: Uuid, user_ids
         .check(user_ids.len() <= MAX_MEMBERS_PER_CALL, "user_ids", "at most 100 at a time")
         .finish()?;
     let mut conn = state.db.get().await?;
-    conn.transaction::<_, ApiError, _>(async |conn| {
-        let access = Access::load(conn, room_id, caller, true).await?;
-        access.require(Role::Admin)?;
-        access.group_only()?;
-        if !users::missing_ids(conn, &user_ids).await?.is_empty() {
-            return Err(ApiError::NotFound(Missing::User));
-        }
-        Ok(q::add_members(conn, room_id, &user_ids, Role::Member).await?)
-    })
-    .await
+    let (added, last_seq) = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let access = Access::load(conn, room_id, caller, true).await?;
+            access.require(Role::Admin)?;
+            access.group_only()?;
+            if !users::missing_ids(conn, &user_ids).await?.is_empty() {
+                return Err(ApiError::NotFound(Missing::User));
+            }
+            Ok((q::add_members(conn, room_id, &user_ids, Role::Member).await?, access.room.last_seq))
+        })
+        .await?;
+    drop(conn);
+    for user in &added {
+        state.fanout.member_joined(room_id, *user, Role::Member, last_seq).await;
+    }
+    Ok(added)
 }
 
 pub async fn remove_member(state: &AppState, caller: Uuid, room_id: Uuid, target: Uuid) -> ApiResult<()> {
@@ -359,7 +396,10 @@ pub async fn remove_member(state: &AppState, caller: Uuid, room_id: Uuid, target
         q::remove_member(conn, room_id, target).await?;
         Ok(())
     })
-    .await
+    .await?;
+    drop(conn);
+    state.fanout.member_left(room_id, target, "removed").await;
+    Ok(())
 }
 
 pub async fn set_role(state: &AppState, caller: Uuid, room_id: Uuid, target: Uuid, role: Role) -> ApiResult<Member> {
@@ -381,6 +421,8 @@ pub async fn set_role(state: &AppState, caller: Uuid, room_id: Uuid, target: Uui
         })
         .await?;
     let user = users::by_id(&mut conn, target).await?.ok_or(ApiError::NotFound(Missing::User))?;
+    drop(conn);
+    state.fanout.member_updated(room_id, target, role).await;
     Ok(Member {
         user_id: target,
         username: user.username,
@@ -402,6 +444,12 @@ pub async fn direct(state: &AppState, caller: Uuid, other: Uuid) -> ApiResult<(R
             Ok(q::upsert_direct(conn, caller, other).await?)
         })
         .await?;
-    Ok((view(&mut conn, room_id, caller).await?, created))
+    let room = view(&mut conn, room_id, caller).await?;
+    drop(conn);
+    if created {
+        state.fanout.member_joined(room_id, caller, Role::Member, 0).await;
+        state.fanout.member_joined(room_id, other, Role::Member, 0).await;
+    }
+    Ok((room, created))
 }
 

@@ -243,3 +243,5 @@ pub struct History {
     /// For a backward window, `before_seq` of the next (older) page; for a forward one, `after_seq`.
     pub next_cursor: Option<String>,
 }
+
+pub mod ws;

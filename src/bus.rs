@@ -1,0 +1,347 @@
+//! The Redis pub/sub bus: one subscriber connection per node (never one per socket), and publishing
+//! through the `deadpool-redis` pool.
+//!
+//! Channels: `{prefix}room:{room_id}` (everything said in a room), `{prefix}user:{user_id}` (what is
+//! addressed to one user: membership changes, their own receipts), `{prefix}presence` (online/offline
+//! transitions, with the rooms they matter to). Subscriptions are reference-counted by the hub:
+//! SUBSCRIBE on the first local socket that needs a channel, UNSUBSCRIBE after the last.
+//!
+//! A payload is one header line of JSON (routing: kind, room, seq) and then the client frame, already
+//! serialized: the receiving node forwards those bytes to every local socket untouched.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use bytestring::ByteString;
+use deadpool_redis::redis;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A new message: delivered in `seq` order, gaps filled from PostgreSQL.
+    Message,
+    /// Any other room event (edit, delete, membership, receipt…): delivered as is.
+    Event,
+    /// Typing: shed first under pressure, never sent back to its author's sessions.
+    Ephemeral,
+    /// The room is closed: deliver, then drop the room from every local session.
+    RoomDeleted,
+    /// `user_id` joined `room_id`: their live sessions start receiving it.
+    MemberAdded,
+    /// `user_id` left or was removed from `room_id`: their sessions stop receiving it.
+    MemberRemoved,
+    /// `user_id` came online or went offline; `rooms` are the rooms whose members care.
+    Presence,
+}
+
+/// Routing information that travels in front of the frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Header {
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<Uuid>,
+    /// Unix microseconds when the event was committed/published, for latency metrics.
+    pub at_us: i64,
+}
+
+impl Header {
+    pub fn new(kind: Kind) -> Self {
+        Header { kind, room_id: None, seq: None, user_id: None, rooms: Vec::new(), at_us: unix_us() }
+    }
+}
+
+/// A decoded bus payload: the header and the client frame bytes (shared, never re-serialized).
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub header: Header,
+    pub frame: ByteString,
+}
+
+impl Envelope {
+    pub fn new(header: Header, frame: String) -> Self {
+        Envelope { header, frame: ByteString::from(frame) }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(&self.header).unwrap_or_default();
+        out.push(b'\n');
+        out.extend_from_slice(self.frame.as_bytes());
+        out
+    }
+
+    pub fn decode(payload: &[u8]) -> Option<Envelope> {
+        let split = payload.iter().position(|b| *b == b'\n')?;
+        let header: Header = serde_json::from_slice(&payload[..split]).ok()?;
+        let frame = ByteString::try_from(Bytes::copy_from_slice(&payload[split + 1..])).ok()?;
+        Some(Envelope { header, frame })
+    }
+}
+
+pub fn unix_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Channel names under this cluster's prefix.
+#[derive(Debug, Clone)]
+pub struct Channels {
+    prefix: Arc<str>,
+}
+
+impl Channels {
+    pub fn new(prefix: &str) -> Self {
+        Channels { prefix: prefix.into() }
+    }
+    pub fn room(&self, room: Uuid) -> String {
+        format!("{}room:{room}", self.prefix)
+    }
+    pub fn user(&self, user: Uuid) -> String {
+        format!("{}user:{user}", self.prefix)
+    }
+    pub fn presence(&self) -> String {
+        format!("{}presence", self.prefix)
+    }
+}
+
+/// What the subscriber hands to the hub.
+pub enum BusEvent {
+    Message(Envelope),
+    /// The connection is up and every wanted channel is subscribed: fill gaps from PostgreSQL.
+    Connected,
+    /// The connection dropped: deliveries now come from PostgreSQL polling until it is back.
+    Disconnected,
+}
+
+enum Command {
+    Subscribe(Vec<String>, oneshot::Sender<bool>),
+    Unsubscribe(Vec<String>),
+}
+
+/// Handle to the bus: publish, and ask the subscriber task to (un)subscribe.
+#[derive(Clone)]
+pub struct Bus {
+    pub channels: Channels,
+    pool: deadpool_redis::Pool,
+    commands: mpsc::UnboundedSender<Command>,
+    connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Bus {
+    /// Starts the subscriber task; events for the hub arrive on the returned receiver.
+    pub fn start(
+        redis_url: &str,
+        prefix: &str,
+        pool: deadpool_redis::Pool,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Bus, mpsc::UnboundedReceiver<BusEvent>), String> {
+        let client = redis::Client::open(redis_url).map_err(|e| format!("REDIS_URL is not usable: {e}"))?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (events, event_rx) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let channels = Channels::new(prefix);
+        let subscriber = Subscriber {
+            client,
+            commands: command_rx,
+            events,
+            wanted: HashSet::from([channels.presence()]),
+            connected: connected.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(subscriber.run());
+        Ok((Bus { channels, pool, commands, connected, metrics }, event_rx))
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Publishes one envelope. A failure is counted and logged, not returned: the event is already
+    /// stored (or is ephemeral), and receivers catch up from PostgreSQL.
+    pub async fn publish(&self, channel: &str, envelope: &Envelope) -> bool {
+        let payload = envelope.encode();
+        let result: Result<i64, String> = async {
+            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut *conn).await.map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(_) => true,
+            Err(error) => {
+                self.metrics.redis_publish_errors_total.inc();
+                tracing::warn!(%error, channel, "publish failed; receivers will catch up from PostgreSQL");
+                false
+            }
+        }
+    }
+
+    /// Subscribes to `channels`; resolves once Redis confirmed it, or at once (false) while the bus is down.
+    pub async fn subscribe(&self, channels: Vec<String>) -> bool {
+        if channels.is_empty() {
+            return true;
+        }
+        let (ack, done) = oneshot::channel();
+        if self.commands.send(Command::Subscribe(channels, ack)).is_err() {
+            return false;
+        }
+        done.await.unwrap_or(false)
+    }
+
+    pub fn unsubscribe(&self, channels: Vec<String>) {
+        if !channels.is_empty() {
+            let _ = self.commands.send(Command::Unsubscribe(channels));
+        }
+    }
+}
+
+/// The one pub/sub connection of this node, reconnecting with backoff.
+struct Subscriber {
+    client: redis::Client,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<BusEvent>,
+    /// Every channel some local socket needs; resubscribed in one command after a reconnect.
+    wanted: HashSet<String>,
+    connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscriber {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.connect_and_serve().await {
+                Ok(()) => return, // the node is shutting down: every Bus handle is gone
+                Err(error) => {
+                    if self.connected.swap(false, Ordering::Relaxed) {
+                        self.metrics.redis_connected.set(0);
+                        tracing::warn!(%error, "pub/sub connection lost; polling PostgreSQL until it is back");
+                        if self.events.send(BusEvent::Disconnected).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            // While down, keep answering (un)subscribe requests so no socket waits on us.
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    command = self.commands.recv() => match command {
+                        Some(command) => self.apply_offline(command),
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn apply_offline(&mut self, command: Command) {
+        match command {
+            Command::Subscribe(channels, ack) => {
+                self.wanted.extend(channels);
+                let _ = ack.send(false);
+            }
+            Command::Unsubscribe(channels) => {
+                for channel in channels {
+                    self.wanted.remove(&channel);
+                }
+            }
+        }
+        self.metrics.subscribed_channels.set(self.wanted.len() as i64);
+    }
+
+    /// Serves one connection until it fails (Err) or the node shuts down (Ok).
+    async fn connect_and_serve(&mut self) -> Result<(), String> {
+        let pubsub = tokio::time::timeout(Duration::from_secs(5), self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let (mut sink, mut stream) = pubsub.split();
+        let wanted: Vec<String> = self.wanted.iter().cloned().collect();
+        // One SUBSCRIBE for everything, in chunks so a huge list stays a reasonable command.
+        for chunk in wanted.chunks(1000) {
+            sink.subscribe(chunk).await.map_err(|e| e.to_string())?;
+        }
+        self.connected.store(true, Ordering::Relaxed);
+        self.metrics.redis_connected.set(1);
+        self.metrics.redis_reconnects_total.inc();
+        self.metrics.subscribed_channels.set(self.wanted.len() as i64);
+        tracing::info!(channels = self.wanted.len(), "pub/sub connected");
+        if self.events.send(BusEvent::Connected).is_err() {
+            return Ok(());
+        }
+        loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let Some(message) = message else { return Err("pub/sub stream ended".into()) };
+                    match Envelope::decode(message.get_payload_bytes()) {
+                        Some(envelope) => {
+                            let transit = (unix_us() - envelope.header.at_us).max(0) as f64 / 1e6;
+                            self.metrics.bus_transit_seconds.observe(transit);
+                            if self.events.send(BusEvent::Message(envelope)).is_err() {
+                                return Ok(());
+                            }
+                        }
+                        None => tracing::warn!(channel = message.get_channel_name(), "undecodable bus payload dropped"),
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Ok(()) };
+                    match command {
+                        Command::Subscribe(channels, ack) => {
+                            let fresh: Vec<String> = channels.into_iter().filter(|c| self.wanted.insert(c.clone())).collect();
+                            let ok = if fresh.is_empty() { true } else { sink.subscribe(&fresh).await.is_ok() };
+                            let _ = ack.send(ok);
+                            self.metrics.subscribed_channels.set(self.wanted.len() as i64);
+                            if !ok {
+                                self.metrics.redis_subscribe_errors_total.inc();
+                                return Err("SUBSCRIBE failed".into());
+                            }
+                        }
+                        Command::Unsubscribe(channels) => {
+                            let gone: Vec<String> = channels.into_iter().filter(|c| self.wanted.remove(c)).collect();
+                            self.metrics.subscribed_channels.set(self.wanted.len() as i64);
+                            if !gone.is_empty() && sink.unsubscribe(&gone).await.is_err() {
+                                self.metrics.redis_subscribe_errors_total.inc();
+                                return Err("UNSUBSCRIBE failed".into());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_keeps_frame_bytes() {
+        let mut header = Header::new(Kind::Message);
+        header.room_id = Some(Uuid::nil());
+        header.seq = Some(7);
+        let env = Envelope::new(header, r#"{"event":"message","data":{"x":"a\nb"}}"#.to_owned());
+        let back = Envelope::decode(&env.encode()).expect("decodes");
+        assert_eq!(back.header.seq, Some(7));
+        assert_eq!(&*back.frame, &*env.frame);
+        assert!(Envelope::decode(b"no newline").is_none());
+    }
+}

@@ -1,0 +1,534 @@
+//! This node's sockets and what they listen to. The hub owns `session → queue` and `room → sessions`
+//! maps, keeps each room's live stream in `seq` order without gaps (filling from PostgreSQL when the
+//! bus delivers out of order or drops something), and hands frames to sockets with `try_send` only:
+//! it never waits on a socket, so one slow client cannot delay anyone else.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
+
+use crate::bus::{unix_us, Bus, BusEvent, Envelope, Kind};
+use crate::db::{self, DbPool};
+use crate::metrics::Metrics;
+use crate::protocol::ws::{close_code, ServerEvent};
+use crate::protocol::Message;
+
+pub type SessionId = Uuid;
+
+/// What the hub queues for a socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A room's message; the session drops it if it already has this seq (e.g. from a `sync`).
+    Message { room: Uuid, seq: i64, frame: ByteString },
+    /// Any other frame.
+    Frame(ByteString),
+}
+
+/// Lets the hub (or a drain) tell a session task to close with a code, even while its queue is full.
+#[derive(Default)]
+pub struct SessionControl {
+    close_code: AtomicU16,
+    pub notify: Notify,
+}
+
+impl SessionControl {
+    pub fn close(&self, code: u16) {
+        if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+    pub fn close_code(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+}
+
+/// A local socket as the fan-out sees it.
+#[derive(Clone)]
+pub struct Recipient {
+    pub user: Uuid,
+    pub tx: mpsc::Sender<Outbound>,
+    pub control: Arc<SessionControl>,
+}
+
+struct RoomEntry {
+    recipients: HashMap<SessionId, Recipient>,
+    /// Highest seq handed to local sockets; only the room's shard task moves it.
+    last_seq: AtomicI64,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<SessionId, (Recipient, HashSet<Uuid>)>,
+    rooms: HashMap<Uuid, RoomEntry>,
+    users: HashMap<Uuid, HashSet<SessionId>>,
+}
+
+enum ShardWork {
+    Message { room: Uuid, seq: i64, frame: ByteString, at_us: i64 },
+    CatchUp { room: Uuid },
+}
+
+pub struct Hub {
+    state: RwLock<State>,
+    bus: Bus,
+    db: DbPool,
+    metrics: Arc<Metrics>,
+    /// Rooms are hashed onto these tasks: each room's messages are handled in order by one task,
+    /// while different rooms proceed in parallel (and one room's gap fill does not stall the rest).
+    shards: Vec<mpsc::UnboundedSender<ShardWork>>,
+    queue_capacity: usize,
+}
+
+const SHARDS: usize = 8;
+const FILL_BATCH: i64 = 500;
+
+impl Hub {
+    /// Starts the hub's tasks: the bus event loop, the room shards, the degraded-mode poller.
+    pub fn start(
+        bus: Bus,
+        bus_events: mpsc::UnboundedReceiver<BusEvent>,
+        db: DbPool,
+        metrics: Arc<Metrics>,
+        queue_capacity: usize,
+        poll_interval: Duration,
+    ) -> Arc<Hub> {
+        let mut shards = Vec::with_capacity(SHARDS);
+        let mut receivers = Vec::with_capacity(SHARDS);
+        for _ in 0..SHARDS {
+            let (tx, rx) = mpsc::unbounded_channel();
+            shards.push(tx);
+            receivers.push(rx);
+        }
+        let hub = Arc::new(Hub { state: RwLock::default(), bus, db, metrics, shards, queue_capacity });
+        // The tasks hold weak references: when the node drops its hub, they end.
+        for rx in receivers {
+            tokio::spawn(shard_loop(Arc::downgrade(&hub), rx));
+        }
+        tokio::spawn(bus_loop(Arc::downgrade(&hub), bus_events));
+        tokio::spawn(degraded_poller(Arc::downgrade(&hub), poll_interval));
+        hub
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+        // more than losing every socket, so keep going with the data.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.read().sessions.len()
+    }
+
+    /// `(user, session)` of every local socket (presence lease renewal).
+    pub fn sessions(&self) -> Vec<(Uuid, SessionId)> {
+        self.read().sessions.iter().map(|(id, (r, _))| (r.user, *id)).collect()
+    }
+
+    /// Whether a session currently receives a room (typing is only accepted from members).
+    pub fn is_attached(&self, session: SessionId, room: Uuid) -> bool {
+        self.read().sessions.get(&session).is_some_and(|(_, rooms)| rooms.contains(&room))
+    }
+
+    /// Adds a socket and subscribes its user's channel.
+    pub async fn register(&self, session: SessionId, recipient: Recipient) {
+        let user = recipient.user;
+        let first_of_user = {
+            let mut state = self.write();
+            state.sessions.insert(session, (recipient, HashSet::new()));
+            let sessions = state.users.entry(user).or_default();
+            sessions.insert(session);
+            sessions.len() == 1
+        };
+        if first_of_user {
+            self.bus.subscribe(vec![self.bus.channels.user(user)]).await;
+        }
+    }
+
+    /// Attaches a session to rooms, each with the last seq the caller read from PostgreSQL. Returns,
+    /// per room, the seq after which the live stream will continue for this session (at least the
+    /// given one). Rooms new to this node are subscribed, then caught up from PostgreSQL so nothing
+    /// committed between the read and the subscription is missed.
+    pub async fn attach(&self, session: SessionId, rooms: &[(Uuid, i64)]) -> Vec<(Uuid, i64)> {
+        let mut fresh = Vec::new();
+        let mut effective = Vec::with_capacity(rooms.len());
+        {
+            let mut state = self.write();
+            let Some((recipient, joined)) = state.sessions.get_mut(&session) else { return Vec::new() };
+            let recipient = recipient.clone();
+            joined.extend(rooms.iter().map(|(room, _)| *room));
+            for &(room, baseline) in rooms {
+                let entry = state.rooms.entry(room).or_insert_with(|| {
+                    fresh.push(room);
+                    RoomEntry { recipients: HashMap::new(), last_seq: AtomicI64::new(baseline) }
+                });
+                entry.recipients.insert(session, recipient.clone());
+                effective.push((room, baseline.max(entry.last_seq.load(Ordering::Acquire))));
+            }
+        }
+        if !fresh.is_empty() {
+            self.bus.subscribe(fresh.iter().map(|r| self.bus.channels.room(*r)).collect()).await;
+            for room in fresh {
+                self.shard(room).send(ShardWork::CatchUp { room }).ok();
+            }
+        }
+        effective
+    }
+
+    /// Detaches a session from one room; unsubscribes the room if no local socket needs it.
+    pub fn detach(&self, session: SessionId, room: Uuid) {
+        let emptied = {
+            let mut state = self.write();
+            if let Some((_, joined)) = state.sessions.get_mut(&session) {
+                joined.remove(&room);
+            }
+            Self::remove_from_room(&mut state, session, room)
+        };
+        if emptied {
+            self.bus.unsubscribe(vec![self.bus.channels.room(room)]);
+        }
+    }
+
+    fn remove_from_room(state: &mut State, session: SessionId, room: Uuid) -> bool {
+        match state.rooms.get_mut(&room) {
+            Some(entry) => {
+                entry.recipients.remove(&session);
+                if entry.recipients.is_empty() {
+                    state.rooms.remove(&room);
+                    return true;
+                }
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a socket everywhere; unsubscribes what no longer has a local listener.
+    pub fn unregister(&self, session: SessionId) {
+        let mut channels = Vec::new();
+        {
+            let mut state = self.write();
+            let Some((recipient, joined)) = state.sessions.remove(&session) else { return };
+            for room in joined {
+                if Self::remove_from_room(&mut state, session, room) {
+                    channels.push(self.bus.channels.room(room));
+                }
+            }
+            if let Some(sessions) = state.users.get_mut(&recipient.user) {
+                sessions.remove(&session);
+                if sessions.is_empty() {
+                    state.users.remove(&recipient.user);
+                    channels.push(self.bus.channels.user(recipient.user));
+                }
+            }
+        }
+        self.bus.unsubscribe(channels);
+    }
+
+    /// Every local session, for a drain.
+    pub fn close_all(&self, code: u16) {
+        for (recipient, _) in self.read().sessions.values() {
+            recipient.control.close(code);
+        }
+    }
+
+    fn shard(&self, room: Uuid) -> &mpsc::UnboundedSender<ShardWork> {
+        let index = (room.as_u128() % self.shards.len() as u128) as usize;
+        &self.shards[index]
+    }
+
+    /// Hands an envelope to this node's sockets. Called for everything the bus delivers, and for
+    /// what this node published while the bus was down.
+    pub fn dispatch(&self, envelope: Envelope) {
+        let Envelope { header, frame } = envelope;
+        match (header.kind, header.room_id) {
+            (Kind::Message, Some(room)) => {
+                let seq = header.seq.unwrap_or(0);
+                self.shard(room).send(ShardWork::Message { room, seq, frame, at_us: header.at_us }).ok();
+            }
+            (Kind::Event, Some(room)) => self.deliver_room(room, &frame, false, None),
+            (Kind::Ephemeral, Some(room)) => self.deliver_room(room, &frame, true, header.user_id),
+            (Kind::RoomDeleted, Some(room)) => {
+                self.deliver_room(room, &frame, false, None);
+                self.drop_room(room);
+            }
+            (Kind::MemberAdded, Some(room)) => {
+                if let Some(user) = header.user_id {
+                    self.deliver_user(user, &frame);
+                    self.add_user_to_room(user, room, header.seq.unwrap_or(0));
+                }
+            }
+            (Kind::MemberRemoved, Some(room)) => {
+                if let Some(user) = header.user_id {
+                    self.deliver_user(user, &frame);
+                    self.remove_user_from_room(user, room);
+                }
+            }
+            (Kind::Presence, _) => self.deliver_presence(&header.rooms, header.user_id, &frame),
+            (Kind::Event, None) => {
+                if let Some(user) = header.user_id {
+                    self.deliver_user(user, &frame);
+                }
+            }
+            _ => tracing::debug!(?header, "bus envelope without a destination dropped"),
+        }
+    }
+
+    fn add_user_to_room(&self, user: Uuid, room: Uuid, baseline: i64) {
+        let sessions: Vec<SessionId> = self.read().users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        if sessions.is_empty() {
+            return;
+        }
+        let mut fresh = false;
+        {
+            let mut state = self.write();
+            for session in &sessions {
+                let Some((recipient, joined)) = state.sessions.get_mut(session) else { continue };
+                let recipient = recipient.clone();
+                joined.insert(room);
+                let entry = state.rooms.entry(room).or_insert_with(|| {
+                    fresh = true;
+                    RoomEntry { recipients: HashMap::new(), last_seq: AtomicI64::new(baseline) }
+                });
+                entry.recipients.insert(*session, recipient);
+            }
+        }
+        if fresh {
+            // This runs on the bus loop, which must not wait: subscribe in the background, then
+            // catch up from PostgreSQL to close the window before the subscription took effect.
+            let bus = self.bus.clone();
+            let channel = bus.channels.room(room);
+            let shard = self.shard(room).clone();
+            tokio::spawn(async move {
+                bus.subscribe(vec![channel]).await;
+                shard.send(ShardWork::CatchUp { room }).ok();
+            });
+        }
+    }
+
+    fn remove_user_from_room(&self, user: Uuid, room: Uuid) {
+        let sessions: Vec<SessionId> = self.read().users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for session in sessions {
+            self.detach(session, room);
+        }
+    }
+
+    fn drop_room(&self, room: Uuid) {
+        let existed = {
+            let mut state = self.write();
+            let entry = state.rooms.remove(&room);
+            if let Some(entry) = &entry {
+                for session in entry.recipients.keys() {
+                    if let Some((_, joined)) = state.sessions.get_mut(session) {
+                        joined.remove(&room);
+                    }
+                }
+            }
+            entry.is_some()
+        };
+        if existed {
+            self.bus.unsubscribe(vec![self.bus.channels.room(room)]);
+        }
+    }
+
+    /// Queues a frame to one recipient. A full queue on a durable frame closes the socket (4008):
+    /// the client resyncs on reconnect. Ephemeral frames are shed once the queue is three-quarters full.
+    fn offer(&self, recipient: &Recipient, item: Outbound, ephemeral: bool) {
+        if ephemeral && recipient.tx.capacity() < self.queue_capacity / 4 {
+            self.metrics.fanout_shed_total.inc();
+            return;
+        }
+        match recipient.tx.try_send(item) {
+            Ok(()) => self.metrics.fanout_frames_total.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) if ephemeral => self.metrics.fanout_shed_total.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if recipient.control.close_code().is_none() {
+                    self.metrics.slow_consumer_closes_total.inc();
+                }
+                recipient.control.close(close_code::SLOW_CONSUMER);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn deliver_room(&self, room: Uuid, frame: &ByteString, ephemeral: bool, skip_user: Option<Uuid>) {
+        let state = self.read();
+        let Some(entry) = state.rooms.get(&room) else { return };
+        for recipient in entry.recipients.values() {
+            if Some(recipient.user) != skip_user {
+                self.offer(recipient, Outbound::Frame(frame.clone()), ephemeral);
+            }
+        }
+    }
+
+    fn deliver_user(&self, user: Uuid, frame: &ByteString) {
+        let state = self.read();
+        let Some(sessions) = state.users.get(&user) else { return };
+        for session in sessions {
+            if let Some((recipient, _)) = state.sessions.get(session) {
+                self.offer(recipient, Outbound::Frame(frame.clone()), false);
+            }
+        }
+    }
+
+    /// A presence change goes once to each local session that shares a room with the user.
+    fn deliver_presence(&self, rooms: &[Uuid], user: Option<Uuid>, frame: &ByteString) {
+        let state = self.read();
+        let mut seen = HashSet::new();
+        for room in rooms {
+            let Some(entry) = state.rooms.get(room) else { continue };
+            for (session, recipient) in &entry.recipients {
+                if Some(recipient.user) != user && seen.insert(*session) {
+                    self.offer(recipient, Outbound::Frame(frame.clone()), true);
+                }
+            }
+        }
+    }
+
+    /// Hands a room's message to its local sockets and advances the room's stream.
+    fn deliver_message(&self, room: Uuid, seq: i64, frame: &ByteString, at_us: i64) {
+        let state = self.read();
+        let Some(entry) = state.rooms.get(&room) else { return };
+        if entry.last_seq.fetch_max(seq, Ordering::AcqRel) >= seq {
+            return;
+        }
+        for recipient in entry.recipients.values() {
+            self.offer(recipient, Outbound::Message { room, seq, frame: frame.clone() }, false);
+        }
+        self.metrics.fanout_latency_seconds.observe((unix_us() - at_us).max(0) as f64 / 1e6);
+    }
+
+    fn room_last_seq(&self, room: Uuid) -> Option<i64> {
+        self.read().rooms.get(&room).map(|e| e.last_seq.load(Ordering::Acquire))
+    }
+
+    /// Delivers messages after the room's stream position, up to `upto` (or everything), from PostgreSQL.
+    async fn fill_from_db(&self, room: Uuid, upto: Option<i64>) {
+        loop {
+            let Some(last) = self.room_last_seq(room) else { return };
+            if upto.is_some_and(|u| last >= u) {
+                return;
+            }
+            let limit = upto.map_or(FILL_BATCH, |u| (u - last).min(FILL_BATCH));
+            let rows = match self.db.get().await {
+                Ok(mut conn) => db::messages::after(&mut conn, room, last, limit).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, %room, "gap fill: no database connection");
+                    return;
+                }
+            };
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, %room, "gap fill failed");
+                    return;
+                }
+            };
+            if rows.is_empty() {
+                return;
+            }
+            let full_batch = rows.len() as i64 == limit;
+            for row in rows {
+                let message = Message::from(row);
+                let seq = message.seq;
+                let at_us = message.created_at.timestamp_micros();
+                let frame = ByteString::from(ServerEvent::Message(message).to_frame());
+                self.metrics.gap_filled_messages_total.inc();
+                self.deliver_message(room, seq, &frame, at_us);
+            }
+            if !full_batch {
+                return;
+            }
+        }
+    }
+
+    /// Queues a catch-up for every room with local listeners (after the bus reconnects).
+    pub fn catch_up_all(&self) {
+        let rooms: Vec<Uuid> = self.read().rooms.keys().copied().collect();
+        for room in rooms {
+            self.shard(room).send(ShardWork::CatchUp { room }).ok();
+        }
+    }
+}
+
+async fn shard_loop(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<ShardWork>) {
+    while let Some(work) = rx.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        match work {
+            ShardWork::Message { room, seq, frame, at_us } => {
+                let Some(last) = hub.room_last_seq(room) else { continue };
+                if seq <= last {
+                    continue;
+                }
+                if seq > last + 1 {
+                    // Something before this one has not arrived (a race between senders on
+                    // different nodes, or a lost publish). It is committed, since seq order is
+                    // commit order: fetch it.
+                    hub.fill_from_db(room, Some(seq - 1)).await;
+                }
+                hub.deliver_message(room, seq, &frame, at_us);
+            }
+            ShardWork::CatchUp { room } => hub.fill_from_db(room, None).await,
+        }
+    }
+}
+
+async fn bus_loop(hub: Weak<Hub>, mut events: mpsc::UnboundedReceiver<BusEvent>) {
+    while let Some(event) = events.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        match event {
+            BusEvent::Message(envelope) => hub.dispatch(envelope),
+            BusEvent::Connected => hub.catch_up_all(),
+            BusEvent::Disconnected => {}
+        }
+    }
+}
+
+/// While the bus is down, reads each local room's `last_seq` from PostgreSQL on an interval and
+/// catches up the rooms that moved: chat across nodes keeps working, only slower.
+async fn degraded_poller(hub: Weak<Hub>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        if hub.bus.is_connected() {
+            continue;
+        }
+        let positions: Vec<(Uuid, i64)> =
+            hub.read().rooms.iter().map(|(id, e)| (*id, e.last_seq.load(Ordering::Acquire))).collect();
+        if positions.is_empty() {
+            continue;
+        }
+        hub.metrics.degraded_polls_total.inc();
+        let ids: Vec<Uuid> = positions.iter().map(|(id, _)| *id).collect();
+        let heads = match hub.db.get().await {
+            Ok(mut conn) => db::rooms::last_seqs(&mut conn, &ids).await.unwrap_or_default(),
+            Err(_) => continue,
+        };
+        for (room, head) in heads {
+            if positions.iter().any(|(id, last)| *id == room && head > *last) {
+                hub.shard(room).send(ShardWork::CatchUp { room }).ok();
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `GET /api/v1/ws`: authenticate, upgrade, and hand the socket to its session task.
+
+mod commands;
+mod session;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::auth::{bearer_token, query_token, AuthUser};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(upgrade));
+}
+
+/// Hard cap on one inbound frame. Frames above `CHORUS_MAX_FRAME_BYTES` but below this get an
+/// `error` event and the socket stays up; beyond it the protocol itself gives up (close 1009).
+const HARD_FRAME_CAP: usize = 1024 * 1024;
+
+async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::Unavailable("this node is draining".into()));
+    }
+    // Authenticate before upgrading, so a bad token is a plain 401 the client can read.
+    let token = bearer_token(&req).or_else(|| query_token(&req)).ok_or(ApiError::Unauthenticated)?;
+    let claims = state.tokens.verify(&token)?;
+    let user = AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp };
+    let (response, socket, stream) = actix_ws::handle(&req, body).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
+    let max = state.settings.max_frame_bytes.max(HARD_FRAME_CAP);
+    let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
+    actix_web::rt::spawn(session::run(state.into_inner(), user, socket, stream));
+    Ok(response)
+}

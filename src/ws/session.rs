@@ -1,0 +1,299 @@
+//! One task per socket: a single `select!` over the client's frames, the hub's queue for this socket,
+//! the heartbeat, the token's expiry and close requests. It registers with the hub, sends `ready`,
+//! runs until the socket ends, then unregisters and updates presence.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use bytestring::ByteString;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::commands;
+use crate::auth::AuthUser;
+use crate::auth::tokens::unix_now;
+use crate::error::ApiError;
+use crate::hub::{Outbound, Recipient, SessionControl};
+use crate::presence;
+use crate::protocol::ws::{close_code, ClientEvent, ErrorEvent, RawFrame, Ready, ReadyRoom, Reply, ServerEvent, CLIENT_EVENTS};
+use crate::startup::AppState;
+
+/// Why a session ended, for the close frame and the metrics.
+enum End {
+    Client,
+    Code(u16, &'static str),
+}
+
+/// Per-socket state the command handlers use.
+pub struct Connection {
+    pub state: Arc<AppState>,
+    pub user: AuthUser,
+    pub session_id: Uuid,
+    /// Per room, the highest seq this socket has been sent: live frames at or below it are dropped,
+    /// so a `sync` replay and the live stream never duplicate each other.
+    pub delivered: HashMap<Uuid, i64>,
+    /// Per room, when this socket last forwarded `typing` (throttle).
+    pub typing_at: HashMap<Uuid, Instant>,
+    rate: TokenBucket,
+}
+
+/// Simple token bucket for the per-session rate limit.
+struct TokenBucket {
+    tokens: f64,
+    per_s: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_s: u32, burst: u32) -> Self {
+        TokenBucket { tokens: burst as f64, per_s: per_s as f64, burst: burst as f64, at: Instant::now() }
+    }
+    /// Takes a token, or tells how many seconds until one is free.
+    fn take(&mut self) -> Result<(), u64> {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_s).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) / self.per_s).ceil() as u64)
+        }
+    }
+}
+
+pub async fn run(state: Arc<AppState>, user: AuthUser, mut socket: Session, mut stream: AggregatedMessageStream) {
+    let session_id = Uuid::now_v7();
+    let (tx, mut rx) = mpsc::channel::<Outbound>(state.settings.ws_queue);
+    let control = Arc::new(SessionControl::default());
+    state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone() }).await;
+    state.metrics.ws_connections.inc();
+    state.metrics.ws_connects_total.inc();
+    let _span = tracing::debug_span!("ws", session = %session_id, user = %user.id).entered();
+
+    let mut conn = Connection {
+        rate: TokenBucket::new(state.settings.ws_rate_per_s, state.settings.ws_rate_burst),
+        state: state.clone(),
+        user,
+        session_id,
+        delivered: HashMap::new(),
+        typing_at: HashMap::new(),
+    };
+    let end = match send_ready(&mut conn, &mut socket).await {
+        Ok(()) => serve(&mut conn, &mut socket, &mut stream, &mut rx, &control).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not prepare the session");
+            End::Code(1011, "error")
+        }
+    };
+
+    state.hub.unregister(session_id);
+    state.metrics.ws_connections.dec();
+    let (code, reason) = match end {
+        End::Client => (None, "client"),
+        End::Code(code, reason) => (Some(code), reason),
+    };
+    state.metrics.ws_disconnects_total.with_label_values(&[reason]).inc();
+    if let Some(code) = code {
+        let close = CloseReason { code: CloseCode::from(code), description: Some(reason.to_owned()) };
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(close))).await;
+    }
+    match presence::session_closed(&state, conn.user.id, session_id).await {
+        Ok(true) => presence::announce(&state, conn.user.id, false).await,
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "presence: could not remove the session lease"),
+    }
+}
+
+/// Registers presence, attaches the user's rooms, and sends `ready`.
+async fn send_ready(conn: &mut Connection, socket: &mut Session) -> Result<(), ApiError> {
+    let state = conn.state.clone();
+    let first = match presence::session_opened(&state, conn.user.id, conn.session_id).await {
+        Ok(first) => first,
+        Err(error) => {
+            tracing::warn!(%error, "presence: could not record the session");
+            false
+        }
+    };
+    let mut db = state.db.get().await?;
+    let user = crate::db::users::by_id(&mut db, conn.user.id).await?.ok_or(ApiError::Unauthenticated)?;
+    let rooms = crate::db::rooms::states_of(&mut db, conn.user.id).await?;
+    drop(db);
+    let baselines: Vec<(Uuid, i64)> = rooms.iter().map(|(room, last, _, _)| (*room, *last)).collect();
+    let effective: HashMap<Uuid, i64> = state.hub.attach(conn.session_id, &baselines).await.into_iter().collect();
+    let rooms = rooms
+        .into_iter()
+        .map(|(room_id, last, delivered_seq, read_seq)| {
+            let last_seq = effective.get(&room_id).copied().unwrap_or(last);
+            conn.delivered.insert(room_id, last_seq);
+            ReadyRoom { room_id, last_seq, delivered_seq, read_seq }
+        })
+        .collect();
+    let ready = ServerEvent::Ready(Ready {
+        user: user.into_user(true),
+        session_id: conn.session_id,
+        node_id: state.settings.node_id().to_owned(),
+        rooms,
+        heartbeat_s: state.settings.ws_heartbeat_s,
+    });
+    socket.text(ready.to_frame()).await.map_err(|_| ApiError::Unavailable("client went away".into()))?;
+    if first {
+        let state = state.clone();
+        let user = conn.user.id;
+        tokio::spawn(async move { presence::announce(&state, user, true).await });
+    }
+    Ok(())
+}
+
+/// Writes a frame unless a close request comes first (a client that stopped reading would
+/// otherwise hold this task in the write forever).
+async fn write(socket: &mut Session, control: &SessionControl, frame: ByteString) -> Result<(), End> {
+    tokio::select! {
+        biased;
+        _ = control.notify.notified() => Err(closing(control)),
+        result = socket.text(frame) => result.map_err(|_| End::Client),
+    }
+}
+
+fn closing(control: &SessionControl) -> End {
+    match control.close_code() {
+        Some(close_code::SLOW_CONSUMER) => End::Code(close_code::SLOW_CONSUMER, "slow_consumer"),
+        Some(close_code::SERVICE_RESTART) => End::Code(close_code::SERVICE_RESTART, "draining"),
+        Some(code) => End::Code(code, "closed"),
+        None => End::Code(1000, "closed"),
+    }
+}
+
+async fn serve(
+    conn: &mut Connection,
+    socket: &mut Session,
+    stream: &mut AggregatedMessageStream,
+    rx: &mut mpsc::Receiver<Outbound>,
+    control: &SessionControl,
+) -> End {
+    let heartbeat_every = Duration::from_secs(conn.state.settings.ws_heartbeat_s);
+    let silence_limit = heartbeat_every.mul_f64(2.5);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
+    let mut last_heard = Instant::now();
+    loop {
+        let expires_in = Duration::from_secs(conn.user.expires_at.saturating_sub(unix_now()));
+        tokio::select! {
+            biased;
+            _ = control.notify.notified() => return closing(control),
+            _ = tokio::time::sleep(expires_in) => {
+                if conn.user.expires_at <= unix_now() {
+                    return End::Code(close_code::TOKEN_EXPIRED, "token_expired");
+                }
+            }
+            item = rx.recv() => {
+                let Some(item) = item else { return End::Code(1011, "error") };
+                let frame = match item {
+                    Outbound::Message { room, seq, frame } => {
+                        let delivered = conn.delivered.entry(room).or_insert(0);
+                        if seq <= *delivered {
+                            continue;
+                        }
+                        *delivered = seq;
+                        frame
+                    }
+                    Outbound::Frame(frame) => frame,
+                };
+                if let Err(end) = write(socket, control, frame).await {
+                    return end;
+                }
+            }
+            message = stream.recv() => {
+                last_heard = Instant::now();
+                match message {
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        for frame in handle_text(conn, &text).await {
+                            if let Err(end) = write(socket, control, frame).await {
+                                return end;
+                            }
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Binary(_))) => {
+                        let error = ApiError::field("frame", "binary frames are not supported; send JSON text");
+                        if let Err(end) = write(socket, control, error_frame(&error)).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        if socket.pong(&bytes).await.is_err() {
+                            return End::Client;
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => {}
+                    Some(Ok(AggregatedMessage::Close(_))) | None => return End::Client,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "websocket protocol error");
+                        return End::Code(1009, "protocol_error");
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > silence_limit {
+                    return End::Code(close_code::HEARTBEAT_TIMEOUT, "heartbeat_timeout");
+                }
+                if socket.ping(b"").await.is_err() {
+                    return End::Client;
+                }
+            }
+        }
+    }
+}
+
+fn error_frame(error: &ApiError) -> ByteString {
+    ByteString::from(ServerEvent::Error(ErrorEvent::from(error)).to_frame())
+}
+
+/// Parses and runs one client frame; returns the frames to send back, in order. Every failure is
+/// an `error` event (no `ref`) or a failed `reply` (with `ref`); the socket stays open.
+async fn handle_text(conn: &mut Connection, text: &str) -> Vec<ByteString> {
+    let metrics = conn.state.metrics.clone();
+    if text.len() > conn.state.settings.max_frame_bytes {
+        metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
+        return vec![error_frame(&ApiError::TooLarge(conn.state.settings.max_frame_bytes))];
+    }
+    let raw: RawFrame = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
+            return vec![error_frame(&ApiError::field("frame", format!("not a JSON event frame: {e}")))];
+        }
+    };
+    let reference = raw.reference.clone();
+    let answer = |frames: &mut Vec<ByteString>, result: Result<serde_json::Value, ApiError>| match (&reference, result) {
+        (Some(r), Ok(value)) => frames.push(ByteString::from(Reply::ok(r.clone(), value).to_frame())),
+        (Some(r), Err(e)) => frames.push(ByteString::from(Reply::err(r.clone(), &e).to_frame())),
+        (None, Ok(_)) => {}
+        (None, Err(e)) => frames.push(error_frame(&e)),
+    };
+    let mut frames = Vec::new();
+    if let Err(retry_after) = conn.rate.take() {
+        metrics.ws_frames_total.with_label_values(&["rate_limited"]).inc();
+        answer(&mut frames, Err(ApiError::RateLimited(retry_after.max(1))));
+        return frames;
+    }
+    if !CLIENT_EVENTS.contains(&raw.event.as_str()) {
+        metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
+        let error = ApiError::field("event", format!("unknown event `{}`", raw.event));
+        answer(&mut frames, Err(error));
+        return frames;
+    }
+    let event = match ClientEvent::parse(&raw.event, raw.data) {
+        Ok(event) => event,
+        Err(e) => {
+            metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
+            answer(&mut frames, Err(e));
+            return frames;
+        }
+    };
+    metrics.ws_frames_total.with_label_values(&["ok"]).inc();
+    let result = commands::run(conn, event, &mut frames).await;
+    answer(&mut frames, result);
+    frames
+}
