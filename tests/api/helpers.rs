@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by every test module, and by the WebSocket tests to come
 //! Test harness: real nodes on port 0 against a real PostgreSQL (a fresh database per test, cloned
 //! from a migrated template) and a real Redis (a fresh key prefix per test).
 
@@ -122,6 +123,12 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let database_url = fresh_database().await;
+    spawn_app_on(&database_url, tweak).await
+}
+
+/// One node on an existing (already created) database.
+pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let database_url = database_url.to_owned();
     let mut settings = test_settings(&database_url);
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("node starts");
@@ -144,6 +151,46 @@ impl Reply {
     /// The error code of an error body.
     pub fn code(&self) -> &str {
         self.body["code"].as_str().unwrap_or("<no code>")
+    }
+
+    /// The `field` of every entry of a validation error's `details`.
+    pub fn fields(&self) -> Vec<String> {
+        self.body["details"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|e| e["field"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The `id` of the body, as a UUID.
+    pub fn id(&self) -> Uuid {
+        uuid_of(&self.body["id"])
+    }
+
+    /// The body's `items` array (lists and history).
+    pub fn items(&self) -> Vec<Value> {
+        self.body["items"].as_array().cloned().unwrap_or_else(|| panic!("no items in {:?}", self.body))
+    }
+}
+
+/// A JSON string holding a UUID.
+pub fn uuid_of(v: &Value) -> Uuid {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not a UUID: {v:?}"))
+}
+
+/// A response whose body is kept as text (non-JSON routes, raw requests).
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: StatusCode,
+    pub headers: actix_web::http::header::HeaderMap,
+    pub text: String,
+}
+
+impl RawReply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
@@ -181,9 +228,51 @@ impl TestApp {
         self.request("DELETE", path, Some(token), None).await
     }
 
+    /// A request with exactly these headers and these body bytes (no JSON encoding, no default
+    /// content type), answered as text.
+    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> RawReply {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, self.url(path));
+        for (name, value) in headers {
+            req = req.insert_header((*name, *value));
+        }
+        let mut res = match body {
+            Some(body) => req.send_body(body).await,
+            None => req.send().await,
+        }
+        .expect("request reaches the node");
+        let bytes = res.body().limit(16 * 1024 * 1024).await.expect("read body");
+        RawReply { status: res.status(), headers: res.headers().clone(), text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Reply {
+        self.request("POST", "/api/v1/auth/register", None, Some(json!({"username": username, "password": password})))
+            .await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Reply {
+        self.request("POST", "/api/v1/auth/login", None, Some(json!({"username": username, "password": password})))
+            .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Reply {
+        self.request("POST", "/api/v1/auth/refresh", None, Some(json!({"refresh_token": refresh_token}))).await
+    }
+
+    /// `who` joins a public room (no password).
+    pub async fn join(&self, who: &TestUser, room: Uuid) -> Reply {
+        self.request("POST", &format!("/api/v1/rooms/{room}/join"), Some(&who.token), None).await
+    }
+
     /// Registers and logs in a user with a unique name starting with `name`.
     pub async fn user(&self, name: &str) -> TestUser {
         let username = format!("{name}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+        self.user_named(&username).await
+    }
+
+    /// Registers and logs in a user with exactly this username.
+    pub async fn user_named(&self, username: &str) -> TestUser {
+        let username = username.to_owned();
         let password = "correct horse battery".to_owned();
         let reg = self
             .request("POST", "/api/v1/auth/register", None, Some(json!({"username": username, "password": password})))

@@ -6,3 +6,5 @@ mod accounts;
 mod messages;
 mod ops;
 mod rooms;
+mod cluster;
+mod ws;
