@@ -8,3 +8,4 @@ mod ops;
 mod rooms;
 mod cluster;
 mod ws;
+mod resilience;

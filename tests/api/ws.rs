@@ -47,7 +47,11 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 impl WsClient {
     pub async fn connect(app: &TestApp, token: &str) -> WsClient {
-        let url = format!("{}/api/v1/ws", app.address.replace("http://", "ws://"));
+        Self::connect_to(&app.address, token).await
+    }
+
+    pub async fn connect_to(address: &str, token: &str) -> WsClient {
+        let url = format!("{}/api/v1/ws", address.replace("http://", "ws://"));
         let (_res, framed) = awc::Client::new()
             .ws(url)
             .bearer_auth(token)
