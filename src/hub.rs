@@ -294,7 +294,8 @@ impl Hub {
     }
 
     fn add_user_to_room(&self, user: Uuid, room: Uuid, baseline: i64) {
-        let sessions: Vec<SessionId> = self.read().users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let sessions: Vec<SessionId> =
+            self.read().users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
         if sessions.is_empty() {
             return;
         }
@@ -326,7 +327,8 @@ impl Hub {
     }
 
     fn remove_user_from_room(&self, user: Uuid, room: Uuid) {
-        let sessions: Vec<SessionId> = self.read().users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let sessions: Vec<SessionId> =
+            self.read().users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
         for session in sessions {
             self.detach(session, room);
         }

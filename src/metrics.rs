@@ -6,8 +6,7 @@ use prometheus::{
 };
 
 /// Latency buckets from 0.5 ms to 10 s: fan-out is sub-millisecond when healthy, seconds when not.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -120,7 +119,10 @@ impl Metrics {
                 "Times this node's pub/sub connection was (re)established."
             )?),
             redis_connected: reg!(IntGauge::new("redis_connected", "1 while this node's pub/sub connection is up.")?),
-            subscribed_channels: reg!(IntGauge::new("subscribed_channels", "Redis channels this node is subscribed to.")?),
+            subscribed_channels: reg!(IntGauge::new(
+                "subscribed_channels",
+                "Redis channels this node is subscribed to."
+            )?),
             slow_consumer_closes_total: reg!(IntCounter::new(
                 "slow_consumer_closes_total",
                 "Sessions closed because their outbound queue overflowed."
@@ -138,15 +140,24 @@ impl Metrics {
                 "Presence lease renewals sent to Redis."
             )?),
             db_pool_size: reg!(IntGauge::new("db_pool_connections", "PostgreSQL pool: connections open.")?),
-            db_pool_in_use: reg!(IntGauge::new("db_pool_in_use_connections", "PostgreSQL pool: connections checked out.")?),
-            db_pool_waiting: reg!(IntGauge::new("db_pool_waiting_requests", "PostgreSQL pool: requests waiting for a connection.")?),
+            db_pool_in_use: reg!(IntGauge::new(
+                "db_pool_in_use_connections",
+                "PostgreSQL pool: connections checked out."
+            )?),
+            db_pool_waiting: reg!(IntGauge::new(
+                "db_pool_waiting_requests",
+                "PostgreSQL pool: requests waiting for a connection."
+            )?),
             http_requests_total: reg!(IntCounterVec::new(
                 Opts::new("http_requests_total", "HTTP requests, by route template, method and status."),
                 &["route", "method", "status"]
             )?),
             http_request_duration_seconds: reg!(HistogramVec::new(
-                HistogramOpts::new("http_request_duration_seconds", "HTTP request duration in seconds, by route template.")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "HTTP request duration in seconds, by route template."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
                 &["route"]
             )?),
             registry,

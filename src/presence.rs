@@ -17,10 +17,7 @@ pub fn presence_key(prefix: &str, user: Uuid) -> String {
 }
 
 pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Which of `users` are online. Presence is advisory: if Redis cannot answer, everyone reads as offline

@@ -10,8 +10,8 @@ use actix_web::{web, App, HttpServer};
 
 use crate::auth::password::PasswordHashing;
 use crate::auth::tokens::TokenKeys;
-use crate::config::Settings;
 use crate::bus::Bus;
+use crate::config::Settings;
 use crate::db::{self, DbPool};
 use crate::fanout::Fanout;
 use crate::hub::Hub;
@@ -53,10 +53,11 @@ impl AppState {
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
         let tokens = TokenKeys::from_settings(&settings).map_err(StartupError)?;
-        let passwords = PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations).map_err(StartupError)?;
+        let passwords =
+            PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations).map_err(StartupError)?;
         let metrics = Arc::new(Metrics::new(settings.node_id()).map_err(|e| StartupError(e.to_string()))?);
-        let (bus, bus_events) =
-            Bus::start(&settings.redis_url, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
+        let (bus, bus_events) = Bus::start(&settings.redis_url, &settings.redis_prefix, redis.clone(), metrics.clone())
+            .map_err(StartupError)?;
         let hub = Hub::start(
             bus.clone(),
             bus_events,

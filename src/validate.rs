@@ -62,7 +62,10 @@ pub fn room_name(name: &str) -> Result<(), FieldError> {
     let trimmed = name.trim();
     let len = trimmed.chars().count();
     if len == 0 || len > 64 || trimmed.len() != name.len() || name.chars().any(char::is_control) {
-        return Err(FieldError::new("name", "must be 1-64 characters, no leading/trailing spaces or control characters"));
+        return Err(FieldError::new(
+            "name",
+            "must be 1-64 characters, no leading/trailing spaces or control characters",
+        ));
     }
     Ok(())
 }

@@ -49,9 +49,8 @@ impl FromRequest for AuthUser {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+    let state =
+        req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Internal("application state missing".into()))?;
     let token = bearer_token(req).ok_or(ApiError::Unauthenticated)?;
     let claims = state.tokens.verify(&token)?;
     Ok(AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp })

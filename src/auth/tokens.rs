@@ -92,12 +92,12 @@ impl TokenKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|data| data.claims).map_err(|e| {
+            match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::TokenExpired,
                 _ => ApiError::Unauthenticated,
-            })
+            }
+        })
     }
 }
 

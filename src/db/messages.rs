@@ -41,7 +41,11 @@ pub async fn insert_next(
     .optional()
 }
 
-pub async fn by_client_msg_id(conn: &mut DbConn, sender: Uuid, client_msg_id: &str) -> Result<Option<MessageRow>, Error> {
+pub async fn by_client_msg_id(
+    conn: &mut DbConn,
+    sender: Uuid,
+    client_msg_id: &str,
+) -> Result<Option<MessageRow>, Error> {
     messages::table
         .filter(messages::sender_id.eq(sender))
         .filter(messages::client_msg_id.eq(client_msg_id))
@@ -117,7 +121,12 @@ pub async fn after(conn: &mut DbConn, room_id: Uuid, after_seq: i64, limit: i64)
 }
 
 /// Up to `limit` messages with `seq < before` (or the newest), returned ascending.
-pub async fn before(conn: &mut DbConn, room_id: Uuid, before_seq: Option<i64>, limit: i64) -> Result<Vec<MessageRow>, Error> {
+pub async fn before(
+    conn: &mut DbConn,
+    room_id: Uuid,
+    before_seq: Option<i64>,
+    limit: i64,
+) -> Result<Vec<MessageRow>, Error> {
     let mut query = messages::table
         .filter(messages::room_id.eq(room_id))
         .select(MessageRow::as_select())
@@ -177,4 +186,3 @@ pub async fn advance_cursors(
     .await
     .optional()
 }
-

@@ -74,13 +74,7 @@ pub async fn list_public(
 
 /// A live (not deleted) room.
 pub async fn find_live(conn: &mut DbConn, id: Uuid) -> Result<Option<RoomRow>, Error> {
-    rooms::table
-        .find(id)
-        .filter(rooms::deleted_at.is_null())
-        .select(RoomRow::as_select())
-        .first(conn)
-        .await
-        .optional()
+    rooms::table.find(id).filter(rooms::deleted_at.is_null()).select(RoomRow::as_select()).first(conn).await.optional()
 }
 
 /// A live room, its row locked until the transaction ends.
@@ -96,12 +90,7 @@ pub async fn lock_live(conn: &mut DbConn, id: Uuid) -> Result<Option<RoomRow>, E
 }
 
 pub async fn membership(conn: &mut DbConn, room_id: Uuid, user_id: Uuid) -> Result<Option<MemberRow>, Error> {
-    room_members::table
-        .find((room_id, user_id))
-        .select(MemberRow::as_select())
-        .first(conn)
-        .await
-        .optional()
+    room_members::table.find((room_id, user_id)).select(MemberRow::as_select()).first(conn).await.optional()
 }
 
 pub async fn insert_room(conn: &mut DbConn, room: &NewRoom<'_>) -> Result<(), Error> {
@@ -196,11 +185,10 @@ pub async fn upsert_direct(conn: &mut DbConn, a: Uuid, b: Uuid) -> Result<(Uuid,
         add_members(conn, room.id, &[a, b], Role::Member).await?;
         return Ok((room.id, true));
     }
-    let existing: RoomIdRow =
-        diesel::sql_query("SELECT id FROM rooms WHERE direct_key = $1 AND deleted_at IS NULL")
-            .bind::<Text, _>(&key)
-            .get_result(conn)
-            .await?;
+    let existing: RoomIdRow = diesel::sql_query("SELECT id FROM rooms WHERE direct_key = $1 AND deleted_at IS NULL")
+        .bind::<Text, _>(&key)
+        .get_result(conn)
+        .await?;
     Ok((existing.id, false))
 }
 

@@ -14,12 +14,7 @@ pub async fn insert(conn: &mut DbConn, new: &NewUser<'_>) -> Result<UserRow, Err
 }
 
 pub async fn by_username_key(conn: &mut DbConn, key: &str) -> Result<Option<UserRow>, Error> {
-    users::table
-        .filter(users::username_key.eq(key))
-        .select(UserRow::as_select())
-        .first(conn)
-        .await
-        .optional()
+    users::table.filter(users::username_key.eq(key)).select(UserRow::as_select()).first(conn).await.optional()
 }
 
 pub async fn by_id(conn: &mut DbConn, id: Uuid) -> Result<Option<UserRow>, Error> {
@@ -33,12 +28,7 @@ pub async fn missing_ids(conn: &mut DbConn, ids: &[Uuid]) -> Result<Vec<Uuid>, E
 }
 
 /// Users whose lower-cased name starts with `prefix`, after `after` (keyset pagination), by name.
-pub async fn search(
-    conn: &mut DbConn,
-    prefix: &str,
-    after: Option<&str>,
-    limit: i64,
-) -> Result<Vec<UserRow>, Error> {
+pub async fn search(conn: &mut DbConn, prefix: &str, after: Option<&str>, limit: i64) -> Result<Vec<UserRow>, Error> {
     // The key column has the C collation, so `LIKE 'prefix%'` is an index range scan. Usernames
     // cannot contain LIKE metacharacters except '_', which is escaped here.
     let pattern = format!("{}%", prefix.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%"));

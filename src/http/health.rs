@@ -42,10 +42,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         let mut conn = state.redis.get().await.ok()?;
         deadpool_redis::redis::cmd("PING").query_async::<String>(&mut *conn).await.ok()
     };
-    let (postgres, redis) = tokio::join!(
-        tokio::time::timeout(PROBE_TIMEOUT, postgres),
-        tokio::time::timeout(PROBE_TIMEOUT, redis)
-    );
+    let (postgres, redis) =
+        tokio::join!(tokio::time::timeout(PROBE_TIMEOUT, postgres), tokio::time::timeout(PROBE_TIMEOUT, redis));
     let postgres = matches!(postgres, Ok(Some(_)));
     let redis = matches!(redis, Ok(Some(_)));
     // The pub/sub connection matters as much as a PING: without it this node's sockets miss live events.

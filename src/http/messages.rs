@@ -56,7 +56,8 @@ pub async fn send(
     body: web::Json<SendMessageRequest>,
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
-    let sent = messages::send(&state, caller.id, path.into_inner(), &body.content, body.client_msg_id.as_deref()).await?;
+    let sent =
+        messages::send(&state, caller.id, path.into_inner(), &body.content, body.client_msg_id.as_deref()).await?;
     Ok(if sent.created { HttpResponse::Created() } else { HttpResponse::Ok() }.json(sent.message))
 }
 

@@ -54,7 +54,11 @@ pub struct ListQuery {
 /// Rooms I belong to, or public rooms.
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", params(ListQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<Room>), (status = 400, body = ErrorBody)))]
-pub async fn list(state: web::Data<AppState>, caller: AuthUser, query: web::Query<ListQuery>) -> ApiResult<web::Json<Page<Room>>> {
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    query: web::Query<ListQuery>,
+) -> ApiResult<web::Json<Page<Room>>> {
     let scope = match query.scope.as_deref() {
         None | Some("joined") => Scope::Joined,
         Some("public") => Scope::Public,
@@ -192,7 +196,11 @@ pub async fn set_role(
 /// The one direct room between the caller and a user: 201 when created, 200 after.
 #[utoipa::path(post, path = "/api/v1/direct", tag = "rooms", request_body = UserIdRequest, security(("bearer" = [])),
     responses((status = 201, body = Room), (status = 200, body = Room), (status = 404, body = ErrorBody)))]
-pub async fn direct(state: web::Data<AppState>, caller: AuthUser, body: web::Json<UserIdRequest>) -> ApiResult<HttpResponse> {
+pub async fn direct(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    body: web::Json<UserIdRequest>,
+) -> ApiResult<HttpResponse> {
     let (room, created) = rooms::direct(&state, caller.id, body.user_id).await?;
     Ok(if created { HttpResponse::Created() } else { HttpResponse::Ok() }.json(room))
 }

@@ -164,7 +164,9 @@ pub enum ServerEvent {
 impl ServerEvent {
     /// The frame text. Serializing plain data cannot fail; the fallback keeps the socket protocol-valid.
     pub fn to_frame(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| r#"{"event":"error","data":{"code":"internal","message":"serialization failed"}}"#.to_owned())
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"event":"error","data":{"code":"internal","message":"serialization failed"}}"#.to_owned()
+        })
     }
 }
 
@@ -283,7 +285,11 @@ impl Reply {
         Reply { event: "reply".into(), reference, data: ReplyData { ok: true, result: Some(result), error: None } }
     }
     pub fn err(reference: String, error: &ApiError) -> Self {
-        Reply { event: "reply".into(), reference, data: ReplyData { ok: false, result: None, error: Some(error.into()) } }
+        Reply {
+            event: "reply".into(),
+            reference,
+            data: ReplyData { ok: false, result: None, error: Some(error.into()) },
+        }
     }
     pub fn to_frame(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

@@ -59,7 +59,12 @@ pub async fn send(
 }
 
 /// Loads a message of a room the caller can see; deleted messages count as missing for edits.
-async fn load_message(conn: &mut DbConn, caller: Uuid, room_id: Uuid, message_id: Uuid) -> ApiResult<(Access, MessageRow)> {
+async fn load_message(
+    conn: &mut DbConn,
+    caller: Uuid,
+    room_id: Uuid,
+    message_id: Uuid,
+) -> ApiResult<(Access, MessageRow)> {
     let access = Access::load(conn, room_id, caller, false).await?;
     access.member()?;
     let message = db::messages::find(conn, room_id, message_id)
@@ -76,7 +81,13 @@ pub async fn room_of(state: &AppState, message_id: Uuid) -> ApiResult<Uuid> {
     Ok(row.room_id)
 }
 
-pub async fn edit(state: &AppState, caller: Uuid, room_id: Uuid, message_id: Uuid, content: &str) -> ApiResult<Message> {
+pub async fn edit(
+    state: &AppState,
+    caller: Uuid,
+    room_id: Uuid,
+    message_id: Uuid,
+    content: &str,
+) -> ApiResult<Message> {
     validate::content(content, state.settings.max_message_bytes)?;
     let mut conn = state.db.get().await?;
     let (_, message) = load_message(&mut conn, caller, room_id, message_id).await?;
@@ -93,7 +104,9 @@ pub async fn delete(state: &AppState, caller: Uuid, room_id: Uuid, message_id: U
     let mut conn = state.db.get().await?;
     let (access, message) = load_message(&mut conn, caller, room_id, message_id).await?;
     if message.sender_id != caller {
-        access.require(Role::Admin).map_err(|_| ApiError::Forbidden("only the author, the owner or an admin may delete a message"))?;
+        access
+            .require(Role::Admin)
+            .map_err(|_| ApiError::Forbidden("only the author, the owner or an admin may delete a message"))?;
     }
     let message: Message = db::messages::tombstone(&mut conn, message_id).await?.into();
     drop(conn);
@@ -163,7 +176,13 @@ pub async fn history(
 }
 
 /// Messages after `after_seq` for `sync`: up to `limit`, and whether more remain.
-pub async fn since(state: &AppState, caller: Uuid, room_id: Uuid, after_seq: i64, limit: i64) -> ApiResult<(Vec<Message>, bool)> {
+pub async fn since(
+    state: &AppState,
+    caller: Uuid,
+    room_id: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> ApiResult<(Vec<Message>, bool)> {
     let mut conn = state.db.get().await?;
     let access = Access::load(&mut conn, room_id, caller, false).await?;
     access.member()?;

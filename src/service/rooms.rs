@@ -205,16 +205,17 @@ pub async fn update(state: &AppState, caller: Uuid, room_id: Uuid, req: UpdateRo
 /// Closes the room; returns how many members it had (they get `room_deleted`).
 pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<usize> {
     let mut conn = state.db.get().await?;
-    let members = conn.transaction::<_, ApiError, _>(async |conn| {
-        let access = Access::load(conn, room_id, caller, true).await?;
-        access.group_only()?;
-        access.require(Role::Owner)?;
-        let members = q::member_ids(conn, room_id).await?;
-        q::close(conn, room_id).await?;
-        Ok(members)
-    })
-    .await
-    .map(|members| members.len())?;
+    let members = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let access = Access::load(conn, room_id, caller, true).await?;
+            access.group_only()?;
+            access.require(Role::Owner)?;
+            let members = q::member_ids(conn, room_id).await?;
+            q::close(conn, room_id).await?;
+            Ok(members)
+        })
+        .await
+        .map(|members| members.len())?;
     drop(conn);
     state.fanout.room_deleted(room_id).await;
     Ok(members)
@@ -287,25 +288,26 @@ pub struct Left {
 
 pub async fn leave(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Left> {
     let mut conn = state.db.get().await?;
-    let left = conn.transaction::<_, ApiError, _>(async |conn| {
-        let access = Access::load(conn, room_id, caller, true).await?;
-        let role = access.member()?.role();
-        access.group_only()?;
-        let successor = q::successor(conn, room_id, caller).await?;
-        q::remove_member(conn, room_id, caller).await?;
-        match successor {
-            None => {
-                q::close(conn, room_id).await?;
-                Ok(Left { new_owner: None, room_closed: true })
+    let left = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let access = Access::load(conn, room_id, caller, true).await?;
+            let role = access.member()?.role();
+            access.group_only()?;
+            let successor = q::successor(conn, room_id, caller).await?;
+            q::remove_member(conn, room_id, caller).await?;
+            match successor {
+                None => {
+                    q::close(conn, room_id).await?;
+                    Ok(Left { new_owner: None, room_closed: true })
+                }
+                Some(next) if role == Role::Owner => {
+                    q::set_role(conn, room_id, next, Role::Owner).await?;
+                    Ok(Left { new_owner: Some(next), room_closed: false })
+                }
+                Some(_) => Ok(Left { new_owner: None, room_closed: false }),
             }
-            Some(next) if role == Role::Owner => {
-                q::set_role(conn, room_id, next, Role::Owner).await?;
-                Ok(Left { new_owner: Some(next), room_closed: false })
-            }
-            Some(_) => Ok(Left { new_owner: None, room_closed: false }),
-        }
-    })
-    .await?;
+        })
+        .await?;
     drop(conn);
     state.fanout.member_left(room_id, caller, "left").await;
     if let Some(owner) = left.new_owner {
@@ -452,4 +454,3 @@ pub async fn direct(state: &AppState, caller: Uuid, other: Uuid) -> ApiResult<(R
     }
     Ok((room, created))
 }
-

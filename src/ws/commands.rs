@@ -61,7 +61,8 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             let mut rooms_out = Vec::with_capacity(sync.rooms.len());
             for room in sync.rooms {
                 let (replay, has_more) =
-                    messages::since(&state, me, room.room_id, room.after_seq.max(0), state.settings.ws_sync_limit).await?;
+                    messages::since(&state, me, room.room_id, room.after_seq.max(0), state.settings.ws_sync_limit)
+                        .await?;
                 let mut last = room.after_seq;
                 for message in replay {
                     last = message.seq;
@@ -100,7 +101,11 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             let mut out = Vec::with_capacity(query.user_ids.len());
             for user in &query.user_ids {
                 if let Some(row) = db::users::by_id(&mut db_conn, *user).await? {
-                    out.push(Presence { user_id: row.id, online: online.contains(&row.id), last_seen_at: row.last_seen_at });
+                    out.push(Presence {
+                        user_id: row.id,
+                        online: online.contains(&row.id),
+                        last_seen_at: row.last_seen_at,
+                    });
                 }
             }
             to_value(&out)
@@ -115,4 +120,3 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
         }
     }
 }
-

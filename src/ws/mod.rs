@@ -25,7 +25,8 @@ async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<AppState
     let token = bearer_token(&req).or_else(|| query_token(&req)).ok_or(ApiError::Unauthenticated)?;
     let claims = state.tokens.verify(&token)?;
     let user = AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp };
-    let (response, socket, stream) = actix_ws::handle(&req, body).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
+    let (response, socket, stream) =
+        actix_ws::handle(&req, body).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
     let max = state.settings.max_frame_bytes.max(HARD_FRAME_CAP);
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
     actix_web::rt::spawn(session::run(state.into_inner(), user, socket, stream));

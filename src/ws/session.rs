@@ -12,12 +12,14 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::commands;
-use crate::auth::AuthUser;
 use crate::auth::tokens::unix_now;
+use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::hub::{Outbound, Recipient, SessionControl};
 use crate::presence;
-use crate::protocol::ws::{close_code, ClientEvent, ErrorEvent, RawFrame, Ready, ReadyRoom, Reply, ServerEvent, CLIENT_EVENTS};
+use crate::protocol::ws::{
+    close_code, ClientEvent, ErrorEvent, RawFrame, Ready, ReadyRoom, Reply, ServerEvent, CLIENT_EVENTS,
+};
 use crate::startup::AppState;
 
 /// Why a session ended, for the close frame and the metrics.
@@ -266,7 +268,8 @@ async fn handle_text(conn: &mut Connection, text: &str) -> Vec<ByteString> {
         }
     };
     let reference = raw.reference.clone();
-    let answer = |frames: &mut Vec<ByteString>, result: Result<serde_json::Value, ApiError>| match (&reference, result) {
+    let answer = |frames: &mut Vec<ByteString>, result: Result<serde_json::Value, ApiError>| match (&reference, result)
+    {
         (Some(r), Ok(value)) => frames.push(ByteString::from(Reply::ok(r.clone(), value).to_frame())),
         (Some(r), Err(e)) => frames.push(ByteString::from(Reply::err(r.clone(), &e).to_frame())),
         (None, Ok(_)) => {}

@@ -152,11 +152,15 @@ async fn membership_changes_take_effect_live_on_every_node() {
     let removed = nodes[0].delete(&format!("/api/v1/rooms/{room}/members/{}", bob.id), &alice.token).await;
     assert_eq!(removed.status.as_u16(), 204);
     for b in [&mut b1, &mut b2] {
-        let left = b.expect("member_left", |v| v["event"] == "member_left" && v["data"]["user_id"] == json!(bob.id)).await;
+        let left =
+            b.expect("member_left", |v| v["event"] == "member_left" && v["data"]["user_id"] == json!(bob.id)).await;
         assert_eq!(left["data"]["reason"], "removed");
     }
     nodes[0].send(&alice, room, "after removal").await;
-    assert!(b1.quiet(Duration::from_millis(500), |v| v["event"] != "message").await.is_none(), "removed: no more messages");
+    assert!(
+        b1.quiet(Duration::from_millis(500), |v| v["event"] != "message").await.is_none(),
+        "removed: no more messages"
+    );
     assert!(b2.quiet(Duration::from_millis(100), |v| v["event"] != "message").await.is_none());
 }
 
@@ -258,9 +262,14 @@ async fn an_expired_token_closes_the_socket_unless_auth_swapped_in_a_fresh_one()
     let secret = "test-secret-that-is-long-enough-0123456789";
     let mint = |ttl: u64| {
         let now = chorus::auth::tokens::unix_now();
-        let claims = chorus::auth::tokens::Claims { sub: alice.id, name: alice.username.clone(), iat: now, exp: now + ttl };
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
-            .expect("token")
+        let claims =
+            chorus::auth::tokens::Claims { sub: alice.id, name: alice.username.clone(), iat: now, exp: now + ttl };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("token")
     };
     let mut short = WsClient::connect(&nodes[0], &mint(2)).await;
     let mut swapped = WsClient::connect(&nodes[0], &mint(2)).await;
@@ -278,7 +287,8 @@ async fn presence_follows_the_first_and_last_session_across_nodes() {
     let offline = nodes[2].get(&format!("/api/v1/users/{}", users[0].id), &users[2].token).await;
     assert_eq!(offline.body["online"], false);
     let a1 = WsClient::connect(&nodes[0], &users[0].token).await;
-    let online = b.expect("presence online", |v| v["event"] == "presence" && v["data"]["user_id"] == json!(users[0].id)).await;
+    let online =
+        b.expect("presence online", |v| v["event"] == "presence" && v["data"]["user_id"] == json!(users[0].id)).await;
     assert_eq!(online["data"]["online"], true);
     let seen = nodes[2].get(&format!("/api/v1/users/{}", users[0].id), &users[2].token).await;
     assert_eq!(seen.body["online"], true);
@@ -286,7 +296,8 @@ async fn presence_follows_the_first_and_last_session_across_nodes() {
     let a2 = WsClient::connect(&nodes[2], &users[0].token).await;
     drop(a2);
     drop(a1);
-    let gone = b.expect("presence offline", |v| v["event"] == "presence" && v["data"]["user_id"] == json!(users[0].id)).await;
+    let gone =
+        b.expect("presence offline", |v| v["event"] == "presence" && v["data"]["user_id"] == json!(users[0].id)).await;
     assert_eq!(gone["data"]["online"], false, "exactly one online, then offline: {gone}");
     assert!(gone["data"]["last_seen_at"].is_string());
 }
@@ -325,7 +336,8 @@ async fn a_slow_consumer_is_cut_with_4008_while_a_fast_one_keeps_up() {
     assert_eq!(seqs.len(), total, "the fast consumer got everything");
     assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]), "in order");
     assert_eq!(slow_ws.until_closed(Duration::from_secs(20)).await, Some(4008));
-    let metrics = nodes[1].client.get(nodes[1].url("/metrics")).send().await.expect("metrics").body().await.expect("body");
+    let metrics =
+        nodes[1].client.get(nodes[1].url("/metrics")).send().await.expect("metrics").body().await.expect("body");
     let text = String::from_utf8_lossy(&metrics);
     assert!(text.contains("chorus_slow_consumer_closes_total 1"), "counted");
 }

@@ -71,7 +71,8 @@ pub async fn fresh_database() -> String {
     // Cloning fails while another session is connected to the template; the migration connection may
     // still be closing, so retry briefly.
     for attempt in 0.. {
-        match diesel::sql_query(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")).execute(&mut admin).await {
+        match diesel::sql_query(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")).execute(&mut admin).await
+        {
             Ok(_) => break,
             Err(e) if attempt < 50 => {
                 let _ = e;
@@ -242,7 +243,11 @@ impl TestApp {
         }
         .expect("request reaches the node");
         let bytes = res.body().limit(16 * 1024 * 1024).await.expect("read body");
-        RawReply { status: res.status(), headers: res.headers().clone(), text: String::from_utf8_lossy(&bytes).into_owned() }
+        RawReply {
+            status: res.status(),
+            headers: res.headers().clone(),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
     }
 
     pub async fn register(&self, username: &str, password: &str) -> Reply {

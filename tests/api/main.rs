@@ -3,9 +3,9 @@
 mod helpers;
 
 mod accounts;
+mod cluster;
 mod messages;
 mod ops;
-mod rooms;
-mod cluster;
-mod ws;
 mod resilience;
+mod rooms;
+mod ws;

@@ -18,8 +18,12 @@ fn seqs(reply: &Reply) -> Vec<i64> {
 }
 
 async fn send_with_id(app: &TestApp, by: &TestUser, room: Uuid, content: &str, client_msg_id: &str) -> Reply {
-    app.post(&format!("/api/v1/rooms/{room}/messages"), &by.token, json!({"content": content, "client_msg_id": client_msg_id}))
-        .await
+    app.post(
+        &format!("/api/v1/rooms/{room}/messages"),
+        &by.token,
+        json!({"content": content, "client_msg_id": client_msg_id}),
+    )
+    .await
 }
 
 async fn receipt(app: &TestApp, who: &TestUser, room: Uuid, body: Value) -> Reply {
@@ -134,7 +138,12 @@ async fn history_rejects_bad_windows() {
     assert_eq!(res.status, StatusCode::BAD_REQUEST, "{:?}", res.body);
     assert_eq!(res.code(), "validation");
     assert!(!res.fields().is_empty());
-    for (query, field) in [("?limit=0", "limit"), ("?limit=201", "limit"), ("?before_seq=-1", "before_seq"), ("?after_seq=-1", "after_seq")] {
+    for (query, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=201", "limit"),
+        ("?before_seq=-1", "before_seq"),
+        ("?after_seq=-1", "after_seq"),
+    ] {
         let res = history(&app, &alice, room, query).await;
         assert_eq!(res.status, StatusCode::BAD_REQUEST, "{query}: {:?}", res.body);
         assert_eq!(res.fields(), vec![field.to_owned()], "{query}");
@@ -219,8 +228,10 @@ async fn edit_by_the_author_only() {
     assert_eq!(res.id(), sent.id());
     assert_eq!(res.body["content"], json!("fixed"));
     assert_eq!(res.body["seq"], json!(1));
-    let edited: chrono::DateTime<chrono::Utc> = res.body["edited_at"].as_str().expect("edited_at set").parse().expect("time");
-    let created: chrono::DateTime<chrono::Utc> = res.body["created_at"].as_str().expect("created_at").parse().expect("time");
+    let edited: chrono::DateTime<chrono::Utc> =
+        res.body["edited_at"].as_str().expect("edited_at set").parse().expect("time");
+    let created: chrono::DateTime<chrono::Utc> =
+        res.body["created_at"].as_str().expect("created_at").parse().expect("time");
     assert!(edited >= created);
     let shown = history(&app, &bob, room, "").await;
     assert_eq!(shown.items()[0]["content"], json!("fixed"));
@@ -229,12 +240,16 @@ async fn edit_by_the_author_only() {
     let res = app.patch(&path, &bob.token, json!({"content": "not yours"})).await;
     assert_eq!(res.status, StatusCode::FORBIDDEN, "{:?}", res.body);
     assert_eq!(res.code(), "room.forbidden");
-    let res = app.patch(&format!("/api/v1/rooms/{room}/messages/{}", Uuid::now_v7()), &alice.token, json!({"content": "x"})).await;
+    let res = app
+        .patch(&format!("/api/v1/rooms/{room}/messages/{}", Uuid::now_v7()), &alice.token, json!({"content": "x"}))
+        .await;
     assert_eq!(res.status, StatusCode::NOT_FOUND, "{:?}", res.body);
     assert_eq!(res.code(), "message.not_found");
     // A message is only found in its own room.
     let other = app.room(&alice, "private").await;
-    let res = app.patch(&format!("/api/v1/rooms/{other}/messages/{}", sent.id()), &alice.token, json!({"content": "x"})).await;
+    let res = app
+        .patch(&format!("/api/v1/rooms/{other}/messages/{}", sent.id()), &alice.token, json!({"content": "x"}))
+        .await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     assert_eq!(res.code(), "message.not_found");
     let res = app.patch(&path, &alice.token, json!({"content": "  "})).await;
@@ -285,7 +300,8 @@ async fn deleting_someone_elses_message_needs_admin() {
     let res = app.delete(&format!("/api/v1/rooms/{room}/messages/{}", carols.id()), &bob.token).await;
     assert_eq!(res.status, StatusCode::FORBIDDEN, "a plain member: {:?}", res.body);
     assert_eq!(res.code(), "room.forbidden");
-    let res = app.patch(&format!("/api/v1/rooms/{room}/members/{}", carol.id), &alice.token, json!({"role": "admin"})).await;
+    let res =
+        app.patch(&format!("/api/v1/rooms/{room}/members/{}", carol.id), &alice.token, json!({"role": "admin"})).await;
     assert_eq!(res.status, StatusCode::OK);
     let res = app.delete(&format!("/api/v1/rooms/{room}/messages/{}", bobs.id()), &carol.token).await;
     assert_eq!(res.status, StatusCode::OK, "an admin: {:?}", res.body);
@@ -419,7 +435,11 @@ async fn receipts_move_forward_only_and_clamp() {
     assert_eq!(cursors(&res), (2, 2), "reading implies delivery");
     assert_eq!(cursors(&receipt(&app, &bob, room, json!({"delivered_seq": 4})).await), (4, 2));
     assert_eq!(cursors(&receipt(&app, &bob, room, json!({"read_seq": 1})).await), (4, 2), "read never moves back");
-    assert_eq!(cursors(&receipt(&app, &bob, room, json!({"delivered_seq": 3})).await), (4, 2), "delivered never moves back");
+    assert_eq!(
+        cursors(&receipt(&app, &bob, room, json!({"delivered_seq": 3})).await),
+        (4, 2),
+        "delivered never moves back"
+    );
     assert_eq!(cursors(&receipt(&app, &bob, room, json!({"delivered_seq": 1, "read_seq": 3})).await), (4, 3));
     assert_eq!(cursors(&receipt(&app, &bob, room, json!({"read_seq": 100})).await), (5, 5), "clamped to last_seq");
     assert_eq!(cursors(&receipt(&app, &bob, room, json!({"delivered_seq": 100})).await), (5, 5));
@@ -465,7 +485,11 @@ async fn joined_rooms_show_unread_counts() {
     }
     let unread = |reply: &Reply| -> (i64, i64, i64) {
         let r = reply.items().into_iter().find(|r| uuid_of(&r["id"]) == room).expect("the room is listed");
-        (r["last_seq"].as_i64().expect("last_seq"), r["read_seq"].as_i64().expect("read_seq"), r["unread_count"].as_i64().expect("unread"))
+        (
+            r["last_seq"].as_i64().expect("last_seq"),
+            r["read_seq"].as_i64().expect("read_seq"),
+            r["unread_count"].as_i64().expect("unread"),
+        )
     };
     assert_eq!(unread(&app.get("/api/v1/rooms", &bob.token).await), (5, 0, 5));
     receipt(&app, &bob, room, json!({"read_seq": 3})).await;
@@ -499,7 +523,12 @@ async fn unreceived_lists_messages_past_the_delivered_cursor_by_room() {
             .expect("rooms")
             .iter()
             .map(|r| {
-                let seqs = r["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_i64().expect("seq")).collect();
+                let seqs = r["messages"]
+                    .as_array()
+                    .expect("messages")
+                    .iter()
+                    .map(|m| m["seq"].as_i64().expect("seq"))
+                    .collect();
                 (uuid_of(&r["room_id"]), seqs)
             })
             .filter(|(_, seqs): &(Uuid, Vec<i64>)| !seqs.is_empty())
@@ -511,7 +540,13 @@ async fn unreceived_lists_messages_past_the_delivered_cursor_by_room() {
     let mut expected = vec![(a, vec![1, 2]), (b, vec![1, 2, 3])];
     expected.sort();
     assert_eq!(pending(&res), expected);
-    let room_a = res.body["rooms"].as_array().expect("rooms").iter().find(|r| uuid_of(&r["room_id"]) == a).expect("room a").clone();
+    let room_a = res.body["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .find(|r| uuid_of(&r["room_id"]) == a)
+        .expect("room a")
+        .clone();
     assert_eq!(room_a["messages"][0]["content"], json!("a1"));
     assert_eq!(uuid_of(&room_a["messages"][0]["room_id"]), a);
 

@@ -75,10 +75,12 @@ async fn openapi_document_lists_every_rest_route() {
         .iter()
         .flat_map(|(path, ops)| {
             let path = normalize(path);
-            ops.as_object().into_iter().flat_map(move |o| o.keys().map({
-                let path = path.clone();
-                move |m| (m.to_ascii_uppercase(), path.clone())
-            }))
+            ops.as_object().into_iter().flat_map(move |o| {
+                o.keys().map({
+                    let path = path.clone();
+                    move |m| (m.to_ascii_uppercase(), path.clone())
+                })
+            })
         })
         .collect();
     let contract = [
@@ -171,7 +173,8 @@ async fn malformed_bodies_are_validation_errors() {
 async fn a_wrongly_typed_field_is_named_in_the_details() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
-    let res = app.request("POST", "/api/v1/auth/login", None, Some(json!({"username": 42, "password": "long enough"}))).await;
+    let res =
+        app.request("POST", "/api/v1/auth/login", None, Some(json!({"username": 42, "password": "long enough"}))).await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST, "{:?}", res.body);
     assert_eq!(res.fields(), vec!["username".to_owned()], "{:?}", res.body);
     let res = app.get("/api/v1/users?limit=ten", &alice.token).await;
@@ -214,7 +217,12 @@ async fn failing_requests(app: &TestApp) -> Vec<(String, Reply)> {
     let none = Uuid::now_v7();
     let tries: Vec<(&str, String, Option<&str>, Option<Value>)> = vec![
         ("POST", "/api/v1/auth/register".into(), None, Some(json!({"username": "a", "password": "b"}))),
-        ("POST", "/api/v1/auth/register".into(), None, Some(json!({"username": alice.username, "password": "long enough"}))),
+        (
+            "POST",
+            "/api/v1/auth/register".into(),
+            None,
+            Some(json!({"username": alice.username, "password": "long enough"})),
+        ),
         ("POST", "/api/v1/auth/register".into(), None, Some(json!({"username": ["x"], "password": {}}))),
         ("POST", "/api/v1/auth/login".into(), None, Some(json!({"username": "x", "password": "y"}))),
         ("POST", "/api/v1/auth/login".into(), None, Some(json!({"username": "nul\u{0}name", "password": "y"}))),
@@ -228,18 +236,53 @@ async fn failing_requests(app: &TestApp) -> Vec<(String, Reply)> {
         ("GET", "/api/v1/users?cursor=%25%25".into(), Some(&alice.token), None),
         ("GET", "/api/v1/rooms?cursor=Zm9v".into(), Some(&alice.token), None),
         ("GET", format!("/api/v1/rooms/{public}/members?cursor=Zm9vfGJhcg"), Some(&alice.token), None),
-        ("POST", "/api/v1/rooms".into(), Some(&alice.token), Some(json!({"name": "x", "visibility": "public", "extra": 1}))),
-        ("POST", "/api/v1/rooms".into(), Some(&bob.token), Some(json!({"name": "x", "visibility": "public", "member_ids": ["nope"]}))),
+        (
+            "POST",
+            "/api/v1/rooms".into(),
+            Some(&alice.token),
+            Some(json!({"name": "x", "visibility": "public", "extra": 1})),
+        ),
+        (
+            "POST",
+            "/api/v1/rooms".into(),
+            Some(&bob.token),
+            Some(json!({"name": "x", "visibility": "public", "member_ids": ["nope"]})),
+        ),
         ("GET", format!("/api/v1/rooms/{private}"), Some(&bob.token), None),
         ("PATCH", format!("/api/v1/rooms/{public}"), Some(&bob.token), Some(json!({"name": "mine"}))),
         ("POST", format!("/api/v1/rooms/{public}/messages"), Some(&bob.token), Some(json!({"content": "hi"}))),
-        ("POST", format!("/api/v1/rooms/{public}/messages"), Some(&alice.token), Some(json!({"content": "x".repeat(5000)}))),
-        ("POST", format!("/api/v1/rooms/{public}/messages"), Some(&alice.token), Some(json!({"content": "nul \u{0} byte"}))),
-        ("PATCH", format!("/api/v1/rooms/{public}/messages/{}", sent.id()), Some(&alice.token), Some(json!({"content": "\u{0}"}))),
-        ("GET", format!("/api/v1/rooms/{public}/messages?before_seq=9223372036854775807&after_seq=1"), Some(&alice.token), None),
+        (
+            "POST",
+            format!("/api/v1/rooms/{public}/messages"),
+            Some(&alice.token),
+            Some(json!({"content": "x".repeat(5000)})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/rooms/{public}/messages"),
+            Some(&alice.token),
+            Some(json!({"content": "nul \u{0} byte"})),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/rooms/{public}/messages/{}", sent.id()),
+            Some(&alice.token),
+            Some(json!({"content": "\u{0}"})),
+        ),
+        (
+            "GET",
+            format!("/api/v1/rooms/{public}/messages?before_seq=9223372036854775807&after_seq=1"),
+            Some(&alice.token),
+            None,
+        ),
         ("GET", format!("/api/v1/rooms/{public}/messages?before_seq=99999999999999999999"), Some(&alice.token), None),
         ("POST", format!("/api/v1/rooms/{public}/receipts"), Some(&alice.token), Some(json!({"read_seq": "many"}))),
-        ("PATCH", format!("/api/v1/rooms/{public}/members/{}", bob.id), Some(&alice.token), Some(json!({"role": "god"}))),
+        (
+            "PATCH",
+            format!("/api/v1/rooms/{public}/members/{}", bob.id),
+            Some(&alice.token),
+            Some(json!({"role": "god"})),
+        ),
         ("POST", "/api/v1/direct".into(), Some(&alice.token), Some(json!({"user_id": none}))),
     ];
     let mut out = Vec::new();
@@ -318,7 +361,11 @@ async fn migrations_revert_and_reapply_cleanly() {
         // schema.rs matches the re-created tables: selecting every column it names works.
         use chorus::db::schema::*;
         users::table.select(users::all_columns).limit(0).execute(&mut conn).expect("users columns");
-        refresh_families::table.select(refresh_families::all_columns).limit(0).execute(&mut conn).expect("refresh_families");
+        refresh_families::table
+            .select(refresh_families::all_columns)
+            .limit(0)
+            .execute(&mut conn)
+            .expect("refresh_families");
         refresh_tokens::table.select(refresh_tokens::all_columns).limit(0).execute(&mut conn).expect("refresh_tokens");
         rooms::table.select(rooms::all_columns).limit(0).execute(&mut conn).expect("rooms columns");
         room_members::table.select(room_members::all_columns).limit(0).execute(&mut conn).expect("room_members");

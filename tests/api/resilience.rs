@@ -127,7 +127,8 @@ async fn a_killed_node_s_users_go_offline_within_the_presence_ttl() {
 async fn sigterm_closes_sockets_with_1012_and_exits_within_the_grace_period() {
     let database = fresh_database().await;
     let prefix = format!("chorus-test:{}:", Uuid::new_v4().simple());
-    let mut node = spawn_process(&database, &redis_url(), &prefix, "leaving", &[("CHORUS_SHUTDOWN_GRACE_S", "5")]).await;
+    let mut node =
+        spawn_process(&database, &redis_url(), &prefix, "leaving", &[("CHORUS_SHUTDOWN_GRACE_S", "5")]).await;
     let helper = spawn_app_on(&database, |s| s.redis_prefix = prefix.clone()).await;
     let alice = helper.user("alice").await;
     let mut a = WsClient::connect_to(&node.address, &alice.token).await;
@@ -170,7 +171,11 @@ async fn a_draining_node_fails_readiness_at_once_and_refuses_new_sockets() {
     let mut socket = WsClient::connect_to(&address, &token).await;
     state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(status_of(&format!("{address}/readyz")).await, Some(503));
-    let refused = awc::Client::new().ws(format!("{}/api/v1/ws", address.replace("http", "ws"))).bearer_auth(&token).connect().await;
+    let refused = awc::Client::new()
+        .ws(format!("{}/api/v1/ws", address.replace("http", "ws")))
+        .bearer_auth(&token)
+        .connect()
+        .await;
     assert!(refused.is_err(), "no new sockets while draining");
     let drain = Application::drain(&state, &handle);
     let (closed, ()) = futures_util::join!(socket.until_closed(Duration::from_secs(5)), drain);

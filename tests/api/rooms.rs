@@ -248,7 +248,9 @@ async fn list_joined_rooms_pages_without_duplicates() {
         assert_eq!(room["delivered_seq"], json!(0));
         assert_eq!(room["read_seq"], json!(0));
         assert_eq!(room["unread_count"], json!(0));
-        assert!(room.get("protected").is_some() && room.get("member_count").is_some() && room.get("last_seq").is_some());
+        assert!(
+            room.get("protected").is_some() && room.get("member_count").is_some() && room.get("last_seq").is_some()
+        );
     }
     let res = app.get("/api/v1/rooms?limit=0", &alice.token).await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST);
@@ -274,7 +276,9 @@ async fn list_public_rooms_pages_and_hides_private_ones() {
     for room in res.items() {
         assert_eq!(room["visibility"], json!("public"));
         assert!(room.get("my_role").is_none(), "bob is in none of them: {room:?}");
-        assert!(room.get("protected").is_some() && room.get("member_count").is_some() && room.get("last_seq").is_some());
+        assert!(
+            room.get("protected").is_some() && room.get("member_count").is_some() && room.get("last_seq").is_some()
+        );
     }
     assert!(app.get("/api/v1/rooms?scope=joined", &bob.token).await.items().is_empty());
     let res = app.get("/api/v1/rooms?scope=everything", &bob.token).await;
@@ -333,7 +337,8 @@ async fn patch_room_to_a_taken_public_name_is_a_conflict() {
     // A private room named like a public one may not go public.
     let private = create(&app, &alice, json!({"name": "taken", "visibility": "private"})).await;
     assert_eq!(private.status, StatusCode::CREATED);
-    let res = app.patch(&format!("/api/v1/rooms/{}", private.id()), &alice.token, json!({"visibility": "public"})).await;
+    let res =
+        app.patch(&format!("/api/v1/rooms/{}", private.id()), &alice.token, json!({"visibility": "public"})).await;
     assert_eq!(res.status, StatusCode::CONFLICT, "{:?}", res.body);
     assert_eq!(res.code(), "room.conflict");
 }
@@ -786,7 +791,8 @@ async fn concurrent_direct_calls_yield_one_room() {
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(replies.iter().filter(|r| r.status == StatusCode::CREATED).count(), 1, "created exactly once");
     let id = *ids.iter().next().expect("an id");
-    let listed: Vec<Uuid> = app.get("/api/v1/rooms", &alice.token).await.items().iter().map(|r| uuid_of(&r["id"])).collect();
+    let listed: Vec<Uuid> =
+        app.get("/api/v1/rooms", &alice.token).await.items().iter().map(|r| uuid_of(&r["id"])).collect();
     assert_eq!(listed, vec![id]);
     assert_eq!(get_room(&app, &bob, id).await.body["member_count"], json!(2));
 }

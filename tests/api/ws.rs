@@ -101,7 +101,8 @@ impl WsClient {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let frame = self.read_raw(left).await.unwrap_or_else(|| panic!("no reply to {event} (closed: {:?})", self.closed));
+            let frame =
+                self.read_raw(left).await.unwrap_or_else(|| panic!("no reply to {event} (closed: {:?})", self.closed));
             if frame["event"] == "reply" && frame["ref"] == json!(reference) {
                 return frame["data"].clone();
             }
@@ -128,7 +129,9 @@ impl WsClient {
             match self.read_raw(left).await {
                 Some(v) if matches(&v) => return v,
                 Some(v) => self.buffered.push_back(v),
-                None => panic!("timed out waiting for {what} (closed: {:?}; buffered: {:?})", self.closed, self.buffered),
+                None => {
+                    panic!("timed out waiting for {what} (closed: {:?}; buffered: {:?})", self.closed, self.buffered)
+                }
             }
         }
     }
@@ -203,7 +206,13 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts `chorus` as a child process on a free port and waits for `/readyz`.
-pub async fn spawn_process(database_url: &str, redis_url: &str, prefix: &str, node_id: &str, env: &[(&str, &str)]) -> NodeProcess {
+pub async fn spawn_process(
+    database_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    node_id: &str,
+    env: &[(&str, &str)],
+) -> NodeProcess {
     let port = free_port();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"));
     command
