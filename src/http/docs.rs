@@ -41,13 +41,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     let spec = ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".to_owned());
     cfg.app_data(web::Data::new(OpenApiJson(spec)))
         .route("/api/openapi.json", web::get().to(openapi_json))
-        .route("/docs", web::get().to(docs_page));
+        .route("/docs", web::get().to(docs_page))
+        .route("/", web::get().to(chat_page));
 }
 
 struct OpenApiJson(String);
 
 async fn openapi_json(spec: web::Data<OpenApiJson>) -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(spec.0.clone())
+}
+
+/// A small browser chat client: open two tabs on different nodes and talk.
+async fn chat_page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("chat.html"))
 }
 
 async fn docs_page() -> HttpResponse {
