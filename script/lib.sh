@@ -459,3 +459,112 @@ render_compose_nginx_conf() {
 	} >"$out"
 	rm -f "$tmp"
 }
+
+# ---------------------------------------------------------------------------
+# Deployment-file tools (script/check-deploy, run by script/test)
+# ---------------------------------------------------------------------------
+# A venv with the pinned Python tools of script/requirements-deploy.txt
+# (check-jsonschema with the Compose schema, hadolint, kubernetes-validate)
+# plus pykustomize, and promtool taken from Debian's prometheus package.
+# Everything lives under .local/, so a rerun is offline once installed.
+CHORUS_DEPLOY_VENV=$CHORUS_ROOT/.local/venv
+CHORUS_DEPLOY_TOOLS_BIN=$CHORUS_ROOT/.local/tools/bin
+# kustomize as a library. Its wheel says Python >= 3.14 but it is a cffi
+# wrapper that works from 3.9 on: installed with --ignore-requires-python
+# --no-deps (cffi comes from the requirements file).
+CHORUS_PYKUSTOMIZE=pykustomize==0.1.4
+
+# _deploy_tools_stamp: what the venv must have been built from.
+_deploy_tools_stamp() {
+	{
+		cat "$CHORUS_ROOT/script/requirements-deploy.txt"
+		printf '%s\n' "$CHORUS_PYKUSTOMIZE"
+	} | sha256sum | cut -c1-32
+}
+
+# _promtool_path: promtool from .local/tools/bin, else one on PATH.
+_promtool_path() {
+	if [[ -x $CHORUS_DEPLOY_TOOLS_BIN/promtool ]]; then
+		printf '%s\n' "$CHORUS_DEPLOY_TOOLS_BIN/promtool"
+	else
+		command -v promtool
+	fi
+}
+
+# deploy_tools_ready: true when the venv matches the pinned requirements and
+# promtool runs. Cheap and offline: script/test calls it every run.
+deploy_tools_ready() {
+	local stamp=$CHORUS_DEPLOY_VENV/.chorus-deploy-tools promtool
+	[[ -x $CHORUS_DEPLOY_VENV/bin/python && -f $stamp ]] || return 1
+	[[ $(<"$stamp") == "$(_deploy_tools_stamp)" ]] || return 1
+	"$CHORUS_DEPLOY_VENV/bin/python" -c 'import yaml, kubernetes_validate, pykustomize' 2>/dev/null || return 1
+	promtool=$(_promtool_path 2>/dev/null) && "$promtool" --version >/dev/null 2>&1
+}
+
+# _install_promtool: promtool alone, from Debian's `prometheus` package
+# (apt-get download + dpkg-deb -x: the package itself is never installed, so
+# no Prometheus server is set up or started on the machine).
+_install_promtool() {
+	local tmp deb apt_opts=() sudo=()
+	if _promtool_path >/dev/null 2>&1 && "$(_promtool_path)" --version >/dev/null 2>&1; then
+		return 0
+	fi
+	command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 ||
+		chorus_die "promtool missing and no apt-get/dpkg-deb to fetch it: install Prometheus' promtool on PATH"
+	if chorus_is_root; then
+		# apt's sandbox user cannot write into our temp dir; as root, skip it.
+		apt_opts=(-o APT::Sandbox::User=root)
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo=(sudo)
+	fi
+	tmp=$(mktemp -d)
+	chorus_log "fetching promtool from Debian's prometheus package"
+	if ! (cd "$tmp" && apt-get "${apt_opts[@]}" download -qq prometheus >/dev/null 2>&1); then
+		# An empty or stale package list on a fresh machine: refresh it once.
+		"${sudo[@]}" apt-get update -qq || chorus_die "apt-get update failed (needed to fetch promtool)"
+		(cd "$tmp" && apt-get "${apt_opts[@]}" download -qq prometheus >/dev/null) || {
+			rm -rf "$tmp"
+			chorus_die "apt-get download prometheus failed (promtool comes from that package)"
+		}
+	fi
+	deb=$(find "$tmp" -maxdepth 1 -name 'prometheus_*.deb' | head -n 1)
+	mkdir -p "$tmp/x" "$CHORUS_DEPLOY_TOOLS_BIN"
+	dpkg-deb -x "$deb" "$tmp/x"
+	install -m 0755 "$tmp/x/usr/bin/promtool" "$CHORUS_DEPLOY_TOOLS_BIN/promtool"
+	rm -rf "$tmp"
+	chorus_log "promtool: $("$CHORUS_DEPLOY_TOOLS_BIN/promtool" --version 2>&1 | head -n 1)"
+}
+
+# install_deploy_tools: idempotent; does nothing (and needs no network) when
+# deploy_tools_ready already holds.
+install_deploy_tools() {
+	local venv=$CHORUS_DEPLOY_VENV pip
+	if deploy_tools_ready; then
+		chorus_log "deployment-check tools: present ($venv, promtool)"
+		return 0
+	fi
+	command -v python3 >/dev/null 2>&1 || chorus_die "python3 not found: run script/bootstrap"
+	if [[ -d $venv ]] && ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+		chorus_log "removing broken venv $venv"
+		rm -rf "$venv"
+	fi
+	if [[ ! -x $venv/bin/python ]]; then
+		chorus_log "creating $venv"
+		python3 -m venv "$venv" || chorus_die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+	fi
+	pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
+	if [[ ! -f $venv/.chorus-deploy-tools || $(<"$venv/.chorus-deploy-tools") != "$(_deploy_tools_stamp)" ]]; then
+		chorus_log "pip install -r script/requirements-deploy.txt ($venv)"
+		# PIP_ROOT_USER_ACTION: CI runs as root; inside a venv that is fine.
+		PIP_ROOT_USER_ACTION=ignore "${pip[@]}" install -r "$CHORUS_ROOT/script/requirements-deploy.txt" ||
+			chorus_die "pip install of the deployment-check tools failed"
+		PIP_ROOT_USER_ACTION=ignore "${pip[@]}" install --no-deps --ignore-requires-python "$CHORUS_PYKUSTOMIZE" ||
+			chorus_die "pip install $CHORUS_PYKUSTOMIZE failed"
+		"$venv/bin/python" -c 'import yaml, kubernetes_validate, pykustomize; pykustomize.native_version()' ||
+			chorus_die "the deployment-check tools do not load in $venv"
+		_deploy_tools_stamp >"$venv/.chorus-deploy-tools"
+	fi
+	_install_promtool
+	deploy_tools_ready || chorus_die "deployment-check tools still incomplete after install"
+	chorus_log "deployment-check tools: installed"
+}

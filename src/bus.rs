@@ -189,16 +189,24 @@ impl Bus {
         }
     }
 
-    /// Subscribes to `channels`; resolves once Redis confirmed it, or at once (false) while the bus is down.
-    pub async fn subscribe(&self, channels: Vec<String>) -> bool {
-        if channels.is_empty() {
-            return true;
-        }
+    /// Asks to subscribe to `channels` and returns at once; the receiver resolves once Redis
+    /// confirmed (true), or at once with false while the bus is down. Requests are applied in the
+    /// order they are made, so callers that order them under a lock get that order in Redis.
+    pub fn subscribe_request(&self, channels: Vec<String>) -> oneshot::Receiver<bool> {
         let (ack, done) = oneshot::channel();
-        if self.commands.send(Command::Subscribe(channels, ack)).is_err() {
-            return false;
+        if channels.is_empty() {
+            let _ = ack.send(true);
+        } else if let Err(mpsc::error::SendError(Command::Subscribe(_, ack))) =
+            self.commands.send(Command::Subscribe(channels, ack))
+        {
+            let _ = ack.send(false);
         }
-        done.await.unwrap_or(false)
+        done
+    }
+
+    /// Subscribes and waits for the confirmation (see `subscribe_request`).
+    pub async fn subscribe(&self, channels: Vec<String>) -> bool {
+        self.subscribe_request(channels).await.unwrap_or(false)
     }
 
     pub fn unsubscribe(&self, channels: Vec<String>) {

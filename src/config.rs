@@ -151,7 +151,7 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_WS_SYNC_LIMIT", default_value_t = 1000)]
     pub ws_sync_limit: i64,
 
-    /// A user's `typing` is forwarded at most once per this many ms per room.
+    /// A session's `typing` is forwarded at most once per this many ms per room.
     #[arg(long, env = "CHORUS_TYPING_THROTTLE_MS", default_value_t = 2000)]
     pub typing_throttle_ms: u64,
 
@@ -234,6 +234,9 @@ impl Settings {
             return Err(ConfigError(
                 "CHORUS_MAX_MESSAGE_BYTES must be positive and smaller than CHORUS_MAX_FRAME_BYTES".into(),
             ));
+        }
+        if self.degraded_poll_ms < 50 {
+            return Err(ConfigError("CHORUS_DEGRADED_POLL_MS must be at least 50".into()));
         }
         if self.ws_heartbeat_s == 0 || self.presence_ttl_s == 0 || self.ws_queue < 8 || self.ws_rate_per_s == 0 {
             return Err(ConfigError(

@@ -96,14 +96,21 @@ impl Fanout {
         header.user_id = Some(user);
         header.seq = Some(last_seq);
         self.emit(self.bus.channels.user(user), header, &event).await;
-        self.emit(self.bus.channels.room(room), Self::room_header(Kind::Event, room), &event).await;
+        self.emit(self.bus.channels.room(room), Self::about(room, user), &event).await;
+    }
+
+    /// A room event about `user`, who hears it on their own channel: the room's copy skips them.
+    fn about(room: Uuid, user: Uuid) -> Header {
+        let mut header = Self::room_header(Kind::Event, room);
+        header.user_id = Some(user);
+        header
     }
 
     /// A user left or was removed: the room hears `member_left`, and so do the user's sessions,
     /// which then stop receiving the room.
     pub async fn member_left(&self, room: Uuid, user: Uuid, reason: &str) {
         let event = ServerEvent::MemberLeft(MemberLeft { room_id: room, user_id: user, reason: reason.to_owned() });
-        self.emit(self.bus.channels.room(room), Self::room_header(Kind::Event, room), &event).await;
+        self.emit(self.bus.channels.room(room), Self::about(room, user), &event).await;
         let mut header = Self::room_header(Kind::MemberRemoved, room);
         header.user_id = Some(user);
         self.emit(self.bus.channels.user(user), header, &event).await;

@@ -152,15 +152,17 @@ impl Hub {
     /// Adds a socket and subscribes its user's channel.
     pub async fn register(&self, session: SessionId, recipient: Recipient) {
         let user = recipient.user;
-        let first_of_user = {
+        // Subscription requests are made while holding the lock, so their order in Redis is the order
+        // of the state changes (an UNSUBSCRIBE from a concurrent detach cannot overtake them).
+        let confirmed = {
             let mut state = self.write();
             state.sessions.insert(session, (recipient, HashSet::new()));
             let sessions = state.users.entry(user).or_default();
             sessions.insert(session);
-            sessions.len() == 1
+            (sessions.len() == 1).then(|| self.bus.subscribe_request(vec![self.bus.channels.user(user)]))
         };
-        if first_of_user {
-            self.bus.subscribe(vec![self.bus.channels.user(user)]).await;
+        if let Some(confirmed) = confirmed {
+            let _ = confirmed.await;
         }
     }
 
@@ -171,7 +173,7 @@ impl Hub {
     pub async fn attach(&self, session: SessionId, rooms: &[(Uuid, i64)]) -> Vec<(Uuid, i64)> {
         let mut fresh = Vec::new();
         let mut effective = Vec::with_capacity(rooms.len());
-        {
+        let confirmed = {
             let mut state = self.write();
             let Some((recipient, joined)) = state.sessions.get_mut(&session) else { return Vec::new() };
             let recipient = recipient.clone();
@@ -184,9 +186,10 @@ impl Hub {
                 entry.recipients.insert(session, recipient.clone());
                 effective.push((room, baseline.max(entry.last_seq.load(Ordering::Acquire))));
             }
-        }
+            self.bus.subscribe_request(fresh.iter().map(|r| self.bus.channels.room(*r)).collect())
+        };
         if !fresh.is_empty() {
-            self.bus.subscribe(fresh.iter().map(|r| self.bus.channels.room(*r)).collect()).await;
+            let _ = confirmed.await;
             for room in fresh {
                 self.shard(room).send(ShardWork::CatchUp { room }).ok();
             }
@@ -196,14 +199,11 @@ impl Hub {
 
     /// Detaches a session from one room; unsubscribes the room if no local socket needs it.
     pub fn detach(&self, session: SessionId, room: Uuid) {
-        let emptied = {
-            let mut state = self.write();
-            if let Some((_, joined)) = state.sessions.get_mut(&session) {
-                joined.remove(&room);
-            }
-            Self::remove_from_room(&mut state, session, room)
-        };
-        if emptied {
+        let mut state = self.write();
+        if let Some((_, joined)) = state.sessions.get_mut(&session) {
+            joined.remove(&room);
+        }
+        if Self::remove_from_room(&mut state, session, room) {
             self.bus.unsubscribe(vec![self.bus.channels.room(room)]);
         }
     }
@@ -225,20 +225,18 @@ impl Hub {
     /// Removes a socket everywhere; unsubscribes what no longer has a local listener.
     pub fn unregister(&self, session: SessionId) {
         let mut channels = Vec::new();
-        {
-            let mut state = self.write();
-            let Some((recipient, joined)) = state.sessions.remove(&session) else { return };
-            for room in joined {
-                if Self::remove_from_room(&mut state, session, room) {
-                    channels.push(self.bus.channels.room(room));
-                }
+        let mut state = self.write();
+        let Some((recipient, joined)) = state.sessions.remove(&session) else { return };
+        for room in joined {
+            if Self::remove_from_room(&mut state, session, room) {
+                channels.push(self.bus.channels.room(room));
             }
-            if let Some(sessions) = state.users.get_mut(&recipient.user) {
-                sessions.remove(&session);
-                if sessions.is_empty() {
-                    state.users.remove(&recipient.user);
-                    channels.push(self.bus.channels.user(recipient.user));
-                }
+        }
+        if let Some(sessions) = state.users.get_mut(&recipient.user) {
+            sessions.remove(&session);
+            if sessions.is_empty() {
+                state.users.remove(&recipient.user);
+                channels.push(self.bus.channels.user(recipient.user));
             }
         }
         self.bus.unsubscribe(channels);
@@ -265,7 +263,9 @@ impl Hub {
                 let seq = header.seq.unwrap_or(0);
                 self.shard(room).send(ShardWork::Message { room, seq, frame, at_us: header.at_us }).ok();
             }
-            (Kind::Event, Some(room)) => self.deliver_room(room, &frame, false, None),
+            // `user_id` on a room event names a user who hears about it on their own channel instead
+            // (membership changes), so they do not get it twice.
+            (Kind::Event, Some(room)) => self.deliver_room(room, &frame, false, header.user_id),
             (Kind::Ephemeral, Some(room)) => self.deliver_room(room, &frame, true, header.user_id),
             (Kind::RoomDeleted, Some(room)) => {
                 self.deliver_room(room, &frame, false, None);
@@ -300,8 +300,8 @@ impl Hub {
             return;
         }
         let mut fresh = false;
+        let mut state = self.write();
         {
-            let mut state = self.write();
             for session in &sessions {
                 let Some((recipient, joined)) = state.sessions.get_mut(session) else { continue };
                 let recipient = recipient.clone();
@@ -314,13 +314,13 @@ impl Hub {
             }
         }
         if fresh {
-            // This runs on the bus loop, which must not wait: subscribe in the background, then
-            // catch up from PostgreSQL to close the window before the subscription took effect.
-            let bus = self.bus.clone();
-            let channel = bus.channels.room(room);
+            // This runs on the bus loop, which must not wait: subscribe (requested under the lock),
+            // then catch up from PostgreSQL in the background to close the window before it took effect.
+            let confirmed = self.bus.subscribe_request(vec![self.bus.channels.room(room)]);
+            drop(state);
             let shard = self.shard(room).clone();
             tokio::spawn(async move {
-                bus.subscribe(vec![channel]).await;
+                let _ = confirmed.await;
                 shard.send(ShardWork::CatchUp { room }).ok();
             });
         }
@@ -335,19 +335,13 @@ impl Hub {
     }
 
     fn drop_room(&self, room: Uuid) {
-        let existed = {
-            let mut state = self.write();
-            let entry = state.rooms.remove(&room);
-            if let Some(entry) = &entry {
-                for session in entry.recipients.keys() {
-                    if let Some((_, joined)) = state.sessions.get_mut(session) {
-                        joined.remove(&room);
-                    }
+        let mut state = self.write();
+        if let Some(entry) = state.rooms.remove(&room) {
+            for session in entry.recipients.keys() {
+                if let Some((_, joined)) = state.sessions.get_mut(session) {
+                    joined.remove(&room);
                 }
             }
-            entry.is_some()
-        };
-        if existed {
             self.bus.unsubscribe(vec![self.bus.channels.room(room)]);
         }
     }
@@ -463,6 +457,44 @@ impl Hub {
         }
     }
 
+    /// Re-reads the memberships of local users from PostgreSQL and attaches/detaches their sessions
+    /// to match. Membership events published while the bus was down were lost; without this a
+    /// removed member would keep receiving the room (and an added one would not).
+    pub async fn reconcile_memberships(&self) {
+        let sessions: Vec<(SessionId, Uuid, HashSet<Uuid>)> =
+            self.read().sessions.iter().map(|(id, (r, rooms))| (*id, r.user, rooms.clone())).collect();
+        if sessions.is_empty() {
+            return;
+        }
+        let mut users: Vec<Uuid> = sessions.iter().map(|(_, user, _)| *user).collect();
+        users.sort();
+        users.dedup();
+        let rows = match self.db.get().await {
+            Ok(mut conn) => db::rooms::memberships_of(&mut conn, &users).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "membership reconcile: no database connection");
+                return;
+            }
+        };
+        let Ok(rows) = rows else { return };
+        let mut wanted: HashMap<Uuid, HashMap<Uuid, i64>> = HashMap::new();
+        for (user, room, last_seq) in rows {
+            wanted.entry(user).or_default().insert(room, last_seq);
+        }
+        for (session, user, joined) in sessions {
+            let should = wanted.remove(&user).unwrap_or_default();
+            for room in joined.iter().filter(|r| !should.contains_key(r)) {
+                self.detach(session, *room);
+            }
+            let missing: Vec<(Uuid, i64)> =
+                should.iter().filter(|(room, _)| !joined.contains(room)).map(|(r, s)| (*r, *s)).collect();
+            if !missing.is_empty() {
+                self.attach(session, &missing).await;
+            }
+            wanted.insert(user, should);
+        }
+    }
+
     /// Queues a catch-up for every room with local listeners (after the bus reconnects).
     pub fn catch_up_all(&self) {
         let rooms: Vec<Uuid> = self.read().rooms.keys().copied().collect();
@@ -499,7 +531,11 @@ async fn bus_loop(hub: Weak<Hub>, mut events: mpsc::UnboundedReceiver<BusEvent>)
         let Some(hub) = hub.upgrade() else { return };
         match event {
             BusEvent::Message(envelope) => hub.dispatch(envelope),
-            BusEvent::Connected => hub.catch_up_all(),
+            BusEvent::Connected => {
+                hub.catch_up_all();
+                let hub = hub.clone();
+                tokio::spawn(async move { hub.reconcile_memberships().await });
+            }
             BusEvent::Disconnected => {}
         }
     }
@@ -522,6 +558,7 @@ async fn degraded_poller(hub: Weak<Hub>, interval: Duration) {
             continue;
         }
         hub.metrics.degraded_polls_total.inc();
+        hub.reconcile_memberships().await;
         let ids: Vec<Uuid> = positions.iter().map(|(id, _)| *id).collect();
         let heads = match hub.db.get().await {
             Ok(mut conn) => db::rooms::last_seqs(&mut conn, &ids).await.unwrap_or_default(),

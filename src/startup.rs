@@ -118,9 +118,15 @@ impl Application {
     /// to another node), then the server stops, all within the grace period.
     pub async fn drain(state: &AppState, handle: &ServerHandle) {
         state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        state.hub.close_all(crate::protocol::ws::close_code::SERVICE_RESTART);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(state.settings.shutdown_grace_s);
-        while state.hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        // Half the grace period for sockets to close, the rest for in-flight HTTP requests.
+        let grace = Duration::from_secs(state.settings.shutdown_grace_s);
+        let deadline = tokio::time::Instant::now() + grace / 2;
+        loop {
+            // Repeated: a socket whose upgrade raced the drain flag is closed on the next round.
+            state.hub.close_all(crate::protocol::ws::close_code::SERVICE_RESTART);
+            if state.hub.session_count() == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         handle.stop(true).await;
@@ -150,7 +156,8 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, Star
     .workers(workers)
     // SIGTERM/SIGINT are handled by `main`, which drains sockets before stopping the server.
     .disable_signals()
-    .shutdown_timeout(grace)
+    // Graceful stop gets the half of the grace period the socket drain leaves.
+    .shutdown_timeout(grace.div_ceil(2))
     .client_request_timeout(Duration::from_secs(10))
     .listen(listener)
     .map_err(|e| StartupError(e.to_string()))?

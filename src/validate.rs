@@ -78,6 +78,10 @@ pub fn content(content: &str, max_bytes: usize) -> Result<(), ApiError> {
     if content.trim().is_empty() {
         return Err(ApiError::field("content", "must not be empty"));
     }
+    if content.contains('\0') {
+        // PostgreSQL text cannot hold NUL; refuse it here rather than fail in the database.
+        return Err(ApiError::field("content", "must not contain NUL characters"));
+    }
     Ok(())
 }
 
@@ -118,6 +122,7 @@ pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<String>, ApiError> {
                 .decode(c)
                 .ok()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
+                .filter(|key| !key.chars().any(char::is_control))
                 .ok_or_else(|| ApiError::field("cursor", "is not a cursor this server issued"))
         })
         .transpose()

@@ -79,11 +79,8 @@ fn latency_us(frame: &str) -> Option<u64> {
 async fn open(spec: &Spec) -> Result<WebSocketStream<TcpStream>, String> {
     let without_scheme = spec.url.strip_prefix("ws://").ok_or("only ws:// URLs are supported")?;
     let host_port = without_scheme.split('/').next().unwrap_or(without_scheme);
-    let addr: SocketAddr = tokio::net::lookup_host(host_port)
-        .await
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
+    let addr: SocketAddr =
+        tokio::net::lookup_host(host_port).await.map_err(|e| e.to_string())?.next().ok_or("no address")?;
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| e.to_string())?;
     if let Some(ip) = spec.source_ip {
         // Spreading sources over 127.0.0.x lifts the ~28k ephemeral ports per source/destination pair.
@@ -167,6 +164,7 @@ pub async fn run(
 ) -> Option<i64> {
     let c = &stats.counters;
     let mut last_seq: Option<i64> = None;
+    let mut missing = std::collections::BTreeSet::new();
     let mut next_ref: u64 = 0;
     let mut first = true;
     while !*stop.borrow() {
@@ -261,11 +259,27 @@ pub async fn run(
                             continue;
                         };
                         match last_seq {
-                            Some(last) if seq <= last => { c.duplicates.fetch_add(1, Ordering::Relaxed); continue; }
-                            Some(last) if seq > last + 1 => { c.drops.fetch_add((seq - last - 1) as u64, Ordering::Relaxed); }
-                            _ => {}
+                            // Older than the highest seen: a late arrival filling a gap, or a duplicate.
+                            Some(last) if seq <= last => {
+                                if missing.remove(&seq) {
+                                    c.reordered.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    c.duplicates.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                            }
+                            Some(last) if seq > last + 1 => {
+                                // Not a drop yet: it may still arrive out of order. What is still
+                                // missing when the run ends is counted as dropped.
+                                if seq - last > 100_000 {
+                                    c.drops.fetch_add((seq - last - 1) as u64, Ordering::Relaxed);
+                                } else {
+                                    missing.extend(last + 1..seq);
+                                }
+                                last_seq = Some(seq);
+                            }
+                            _ => last_seq = Some(seq),
                         }
-                        last_seq = Some(seq);
                         if syncing {
                             c.recovered.fetch_add(1, Ordering::Relaxed);
                             c.delivered.fetch_add(1, Ordering::Relaxed);
@@ -305,7 +319,7 @@ pub async fn run(
         c.connected.fetch_sub(1, Ordering::Relaxed);
         let _ = ws.close(None).await;
         match end {
-            "stop" => return last_seq,
+            "stop" => break,
             "churn" => {}
             _ => {
                 c.disconnects.fetch_add(1, Ordering::Relaxed);
@@ -313,5 +327,6 @@ pub async fn run(
             }
         }
     }
+    c.drops.fetch_add(missing.len() as u64, Ordering::Relaxed);
     last_seq
 }

@@ -154,6 +154,7 @@ struct Report {
     drops: u64,
     tail_drops: u64,
     duplicates: u64,
+    reordered: u64,
     send_errors: u64,
     connect_failures: u64,
     disconnects: u64,
@@ -432,7 +433,11 @@ async fn run(args: &mut Args) -> Result<(), String> {
         let grown: i64 = rss_after.iter().zip(&rss_before).map(|(a, b)| *a as i64 - *b as i64).sum();
         grown as f64 / connected_peak
     });
-    let best = steps.iter().filter(|s| s.within_bound).map(|s| s.rate).fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+    let best = steps
+        .iter()
+        .filter(|s| s.within_bound)
+        .map(|s| s.rate)
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
     let report = Report {
         label: args.label.clone(),
         scenario: args.scenario,
@@ -449,6 +454,7 @@ async fn run(args: &mut Args) -> Result<(), String> {
         drops: c.drops.load(Ordering::Relaxed),
         tail_drops,
         duplicates: c.duplicates.load(Ordering::Relaxed),
+        reordered: c.reordered.load(Ordering::Relaxed),
         send_errors: c.send_errors.load(Ordering::Relaxed),
         connect_failures: c.connect_failures.load(Ordering::Relaxed),
         disconnects: c.disconnects.load(Ordering::Relaxed),
@@ -474,10 +480,16 @@ async fn run(args: &mut Args) -> Result<(), String> {
     if let Some(dir) = &args.plot {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let base = format!("{}-{:?}", args.label, args.scenario).to_lowercase();
-        let over_time = plot::latency_over_time(&format!("{} {:?}: latency over time", args.label, args.scenario), &report.timeline);
+        let over_time = plot::latency_over_time(
+            &format!("{} {:?}: latency over time", args.label, args.scenario),
+            &report.timeline,
+        );
         std::fs::write(dir.join(format!("{base}-latency-over-time.svg")), over_time).map_err(|e| e.to_string())?;
         if let Ok(h) = stats.latency.lock() {
-            let cdf = plot::latency_cdf(&format!("{} {:?}: latency by quantile", args.label, args.scenario), &[(&args.label, &h)]);
+            let cdf = plot::latency_cdf(
+                &format!("{} {:?}: latency by quantile", args.label, args.scenario),
+                &[(&args.label, &h)],
+            );
             std::fs::write(dir.join(format!("{base}-latency-cdf.svg")), cdf).map_err(|e| e.to_string())?;
         }
         eprintln!("plots written to {}", dir.display());
@@ -497,7 +509,7 @@ fn print_summary(r: &Report) {
         ("delivered", format!("{} ({:.0}/s)", r.delivered, r.delivered_per_s)),
         ("recovered by sync", r.recovered_by_sync.to_string()),
         ("drops (gaps / never arrived)", format!("{} / {}", r.drops, r.tail_drops)),
-        ("duplicates", r.duplicates.to_string()),
+        ("duplicates / out of order", format!("{} / {}", r.duplicates, r.reordered)),
         ("errors (send / connect)", format!("{} / {}", r.send_errors, r.connect_failures)),
         (
             "latency p50/p90/p99/p99.9/max",

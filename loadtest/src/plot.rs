@@ -36,7 +36,7 @@ fn frame(title: &str, x_label: &str, y_label: &str, x_max: f64, y_max: f64, log_
         let y = H - PAD - f * (H - 2.0 * PAD);
         let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{:.1}</text>"#, PAD - 5.0, y + 4.0, f * y_max);
         let _ = writeln!(s, r##"<line x1="{PAD}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/>"##, W - 20.0);
-        let label = if log_x { format!("{}", quantile_label(f * x_max)) } else { format!("{:.0}", f * x_max) };
+        let label = if log_x { quantile_label(f * x_max) } else { format!("{:.0}", f * x_max) };
         let x = PAD + f * (W - PAD - 20.0);
         let _ = writeln!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{label}</text>"#, H - PAD + 15.0);
     }

@@ -18,7 +18,8 @@ const CHUNK: usize = 5000;
 
 /// `users` users in rooms of `room_size` (the last room may be smaller).
 pub async fn seed(database_url: &str, secret: &str, users: usize, room_size: usize) -> Result<Fixture, String> {
-    let mut conn = AsyncPgConnection::establish(database_url).await.map_err(|e| format!("connect {database_url}: {e}"))?;
+    let mut conn =
+        AsyncPgConnection::establish(database_url).await.map_err(|e| format!("connect {database_url}: {e}"))?;
     let run = Uuid::new_v4().simple().to_string();
     let run = &run[..8];
     let user_ids: Vec<Uuid> = (0..users).map(|_| Uuid::now_v7()).collect();

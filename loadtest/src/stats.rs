@@ -10,7 +10,8 @@ use serde::Serialize;
 
 /// Microsecond histograms up to 60 s with 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 #[derive(Default)]
@@ -22,6 +23,8 @@ pub struct Counters {
     pub recovered: AtomicU64,
     pub drops: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Arrived after a higher seq (the Socket.IO peer reorders under racing senders; Chorus must not).
+    pub reordered: AtomicU64,
     pub connected: AtomicU64,
     pub connect_failures: AtomicU64,
     pub disconnects: AtomicU64,

@@ -10,8 +10,8 @@ use super::models::{MemberRow, MessageRow};
 use super::schema::messages;
 use super::DbConn;
 
-/// Allocates the room's next `seq` and stores the message in one statement, so one round trip does
-/// it all. The UPDATE holds the room row's lock until commit: senders of one room serialize, seq
+/// Allocates the room's next `seq`, stores the message and moves the sender's own cursors in one
+/// statement, so one round trip does it all. The UPDATE holds the room row's lock until commit: senders of one room serialize, seq
 /// order is commit order, and a failed insert rolls the increment back (no gaps). Returns `None`
 /// when the room is gone or `sender` is not a member.
 pub async fn insert_next(
@@ -26,10 +26,17 @@ pub async fn insert_next(
              UPDATE rooms SET last_seq = last_seq + 1
              WHERE id = $1 AND deleted_at IS NULL
                AND EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)
-             RETURNING last_seq)
-         INSERT INTO messages (id, room_id, seq, sender_id, content, client_msg_id)
-         SELECT $3, $1, next.last_seq, $2, $4, $5 FROM next
-         RETURNING id, room_id, seq, sender_id, content, client_msg_id, created_at, edited_at, deleted_at",
+             RETURNING last_seq),
+         stored AS (
+             INSERT INTO messages (id, room_id, seq, sender_id, content, client_msg_id)
+             SELECT $3, $1, next.last_seq, $2, $4, $5 FROM next
+             RETURNING id, room_id, seq, sender_id, content, client_msg_id, created_at, edited_at, deleted_at),
+         -- The sender has seen what they sent: their own messages are neither unread nor unreceived.
+         own_cursor AS (
+             UPDATE room_members SET delivered_seq = GREATEST(delivered_seq, stored.seq),
+                                     read_seq = GREATEST(read_seq, stored.seq)
+             FROM stored WHERE room_members.room_id = $1 AND room_members.user_id = $2)
+         SELECT * FROM stored",
     )
     .bind::<SqlUuid, _>(room_id)
     .bind::<SqlUuid, _>(sender_id)

@@ -251,3 +251,14 @@ pub async fn states_of(conn: &mut DbConn, user: Uuid) -> Result<Vec<(Uuid, i64, 
         .load(conn)
         .await
 }
+
+/// `(user, room, room last_seq)` of every live membership of `users` (reconciling after a bus outage).
+pub async fn memberships_of(conn: &mut DbConn, users: &[Uuid]) -> Result<Vec<(Uuid, Uuid, i64)>, Error> {
+    room_members::table
+        .inner_join(rooms::table)
+        .filter(room_members::user_id.eq_any(users))
+        .filter(rooms::deleted_at.is_null())
+        .select((room_members::user_id, rooms::id, rooms::last_seq))
+        .load(conn)
+        .await
+}

@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::extract::{Json, Query};
 use crate::auth::AuthUser;
 use crate::error::{ApiResult, ErrorBody};
 use crate::protocol::{EditMessageRequest, History, Message, Receipt, ReceiptRequest, SendMessageRequest, Unreceived};
@@ -38,7 +39,7 @@ pub async fn history(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    query: web::Query<HistoryQuery>,
+    query: Query<HistoryQuery>,
 ) -> ApiResult<web::Json<History>> {
     let q = query.into_inner();
     Ok(web::Json(messages::history(&state, caller.id, path.into_inner(), q.before_seq, q.after_seq, q.limit).await?))
@@ -53,7 +54,7 @@ pub async fn send(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    body: web::Json<SendMessageRequest>,
+    body: Json<SendMessageRequest>,
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
     let sent =
@@ -69,7 +70,7 @@ pub async fn edit(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<EditMessageRequest>,
+    body: Json<EditMessageRequest>,
 ) -> ApiResult<web::Json<Message>> {
     let (room_id, message_id) = path.into_inner();
     Ok(web::Json(messages::edit(&state, caller.id, room_id, message_id, &body.content).await?))
@@ -104,7 +105,7 @@ pub async fn receipts(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    body: web::Json<ReceiptRequest>,
+    body: Json<ReceiptRequest>,
 ) -> ApiResult<web::Json<Receipt>> {
     let body = body.into_inner();
     Ok(web::Json(messages::receipts(&state, caller.id, path.into_inner(), body.delivered_seq, body.read_seq).await?))

@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::extract::{Json, Query};
 use super::PageQuery;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -37,7 +38,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn create(
     state: web::Data<AppState>,
     caller: AuthUser,
-    body: web::Json<CreateRoomRequest>,
+    body: Json<CreateRoomRequest>,
 ) -> ApiResult<HttpResponse> {
     let room = rooms::create(&state, caller.id, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(room))
@@ -57,7 +58,7 @@ pub struct ListQuery {
 pub async fn list(
     state: web::Data<AppState>,
     caller: AuthUser,
-    query: web::Query<ListQuery>,
+    query: Query<ListQuery>,
 ) -> ApiResult<web::Json<Page<Room>>> {
     let scope = match query.scope.as_deref() {
         None | Some("joined") => Scope::Joined,
@@ -83,7 +84,7 @@ pub async fn update(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    body: web::Json<UpdateRoomRequest>,
+    body: Json<UpdateRoomRequest>,
 ) -> ApiResult<web::Json<Room>> {
     Ok(web::Json(rooms::update(&state, caller.id, path.into_inner(), body.into_inner()).await?))
 }
@@ -104,7 +105,7 @@ pub async fn transfer(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    body: web::Json<UserIdRequest>,
+    body: Json<UserIdRequest>,
 ) -> ApiResult<web::Json<Room>> {
     Ok(web::Json(rooms::transfer(&state, caller.id, path.into_inner(), body.user_id).await?))
 }
@@ -117,7 +118,7 @@ pub async fn join(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    body: Option<web::Json<JoinRequest>>,
+    body: Option<Json<JoinRequest>>,
 ) -> ApiResult<web::Json<Room>> {
     let password = body.and_then(|b| b.into_inner().password);
     let (room, _added) = rooms::join(&state, caller.id, path.into_inner(), password).await?;
@@ -140,7 +141,7 @@ pub async fn members(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    query: web::Query<PageQuery>,
+    query: Query<PageQuery>,
 ) -> ApiResult<web::Json<Page<Member>>> {
     let page = rooms::members(&state, caller.id, path.into_inner(), query.cursor.as_deref(), query.limit).await?;
     Ok(web::Json(page))
@@ -160,7 +161,7 @@ pub async fn add_members(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    body: web::Json<AddMembersRequest>,
+    body: Json<AddMembersRequest>,
 ) -> ApiResult<web::Json<Added>> {
     let added = rooms::add_members(&state, caller.id, path.into_inner(), body.into_inner().user_ids).await?;
     Ok(web::Json(Added { added }))
@@ -187,7 +188,7 @@ pub async fn set_role(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<UpdateMemberRequest>,
+    body: Json<UpdateMemberRequest>,
 ) -> ApiResult<web::Json<Member>> {
     let (room_id, user_id) = path.into_inner();
     Ok(web::Json(rooms::set_role(&state, caller.id, room_id, user_id, body.role).await?))
@@ -199,7 +200,7 @@ pub async fn set_role(
 pub async fn direct(
     state: web::Data<AppState>,
     caller: AuthUser,
-    body: web::Json<UserIdRequest>,
+    body: Json<UserIdRequest>,
 ) -> ApiResult<HttpResponse> {
     let (room, created) = rooms::direct(&state, caller.id, body.user_id).await?;
     Ok(if created { HttpResponse::Created() } else { HttpResponse::Ok() }.json(room))

@@ -3,6 +3,7 @@
 use actix_web::web;
 use uuid::Uuid;
 
+use super::extract::Query;
 use crate::auth::AuthUser;
 use crate::error::{ApiResult, ErrorBody};
 use crate::protocol::{Page, User};
@@ -29,7 +30,7 @@ pub struct SearchQuery {
 pub async fn search(
     state: web::Data<AppState>,
     _caller: AuthUser,
-    query: web::Query<SearchQuery>,
+    query: Query<SearchQuery>,
 ) -> ApiResult<web::Json<Page<User>>> {
     let q = query.q.as_deref().unwrap_or("");
     Ok(web::Json(accounts::search(&state, q, query.cursor.as_deref(), query.limit).await?))

@@ -184,7 +184,7 @@ pub struct Ready {
     pub session_id: Uuid,
     pub node_id: String,
     pub rooms: Vec<ReadyRoom>,
-    /// The server pings this often; a client silent for twice as long is disconnected.
+    /// The server pings this often; a client silent for 2.5 times as long is disconnected (4000).
     pub heartbeat_s: u64,
 }
 

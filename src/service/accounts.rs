@@ -30,11 +30,13 @@ pub async fn register(state: &AppState, req: Credentials) -> ApiResult<User> {
 }
 
 pub async fn login(state: &AppState, req: Credentials) -> ApiResult<TokenPair> {
-    let key = req.username.to_ascii_lowercase();
-    let mut conn = state.db.get().await?;
-    let user = users::by_username_key(&mut conn, &key).await?;
-    // Release the connection while argon2 runs: hashing is the slow part.
-    drop(conn);
+    // A name that could never have registered is not looked up, but still costs a full verify.
+    let user = if validate::username(&req.username).is_ok() {
+        let mut conn = state.db.get().await?;
+        users::by_username_key(&mut conn, &req.username.to_ascii_lowercase()).await?
+    } else {
+        None
+    };
     let ok = state.passwords.verify(req.password, user.as_ref().map(|u| u.password_hash.clone())).await?;
     let user = match (ok, user) {
         (true, Some(user)) => user,
@@ -122,8 +124,8 @@ pub async fn get_user(state: &AppState, id: Uuid) -> ApiResult<User> {
 
 pub async fn search(state: &AppState, q: &str, cursor: Option<&str>, limit: Option<i64>) -> ApiResult<Page<User>> {
     let limit = validate::limit(limit)?;
-    if q.len() > 32 {
-        return Err(ApiError::field("q", "must be at most 32 characters"));
+    if q.len() > 32 || !q.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(ApiError::field("q", "must be at most 32 characters of letters, digits, '_', '.' or '-'"));
     }
     let after = validate::decode_cursor(cursor)?;
     let mut conn = state.db.get().await?;

@@ -30,13 +30,15 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             let sent = messages::send(&state, me, send.room_id, &send.content, send.client_msg_id.as_deref()).await?;
             to_value(&sent.message)
         }
+        // These name only the message: a room the caller cannot see must not be told apart from a
+        // message that does not exist.
         ClientEvent::Edit(edit) => {
             let room = messages::room_of(&state, edit.message_id).await?;
-            to_value(&messages::edit(&state, me, room, edit.message_id, &edit.content).await?)
+            to_value(&messages::edit(&state, me, room, edit.message_id, &edit.content).await.map_err(hide_room)?)
         }
         ClientEvent::Delete(delete) => {
             let room = messages::room_of(&state, delete.message_id).await?;
-            to_value(&messages::delete(&state, me, room, delete.message_id).await?)
+            to_value(&messages::delete(&state, me, room, delete.message_id).await.map_err(hide_room)?)
         }
         ClientEvent::Typing(typing) => {
             if !state.hub.is_attached(conn.session_id, typing.room_id) {
@@ -116,7 +118,15 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
                 return Err(ApiError::field("token", "belongs to another user"));
             }
             conn.user.expires_at = claims.exp;
-            Ok(json!({"expires_at": claims.exp}))
+            let expires_at = chrono::DateTime::from_timestamp(claims.exp as i64, 0);
+            Ok(json!({ "expires_at": expires_at }))
         }
+    }
+}
+
+fn hide_room(e: ApiError) -> ApiError {
+    match e {
+        ApiError::NotFound(Missing::Room) => ApiError::NotFound(Missing::Message),
+        other => other,
     }
 }

@@ -232,7 +232,8 @@ async fn serve(
                     Some(Ok(AggregatedMessage::Close(_))) | None => return End::Client,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "websocket protocol error");
-                        return End::Code(1009, "protocol_error");
+                        let code = if matches!(e, actix_ws::ProtocolError::Overflow) { 1009 } else { 1002 };
+                        return End::Code(code, "protocol_error");
                     }
                 }
             }
@@ -268,12 +269,17 @@ async fn handle_text(conn: &mut Connection, text: &str) -> Vec<ByteString> {
         }
     };
     let reference = raw.reference.clone();
-    let answer = |frames: &mut Vec<ByteString>, result: Result<serde_json::Value, ApiError>| match (&reference, result)
-    {
-        (Some(r), Ok(value)) => frames.push(ByteString::from(Reply::ok(r.clone(), value).to_frame())),
-        (Some(r), Err(e)) => frames.push(ByteString::from(Reply::err(r.clone(), &e).to_frame())),
-        (None, Ok(_)) => {}
-        (None, Err(e)) => frames.push(error_frame(&e)),
+    let event_name = raw.event.clone();
+    let answer = |frames: &mut Vec<ByteString>, result: Result<serde_json::Value, ApiError>| {
+        if let Err(ApiError::Internal(cause) | ApiError::Unavailable(cause)) = &result {
+            tracing::error!(error = %cause, debug = ?cause, event = %event_name, "websocket command failed");
+        }
+        match (&reference, result) {
+            (Some(r), Ok(value)) => frames.push(ByteString::from(Reply::ok(r.clone(), value).to_frame())),
+            (Some(r), Err(e)) => frames.push(ByteString::from(Reply::err(r.clone(), &e).to_frame())),
+            (None, Ok(_)) => {}
+            (None, Err(e)) => frames.push(error_frame(&e)),
+        }
     };
     let mut frames = Vec::new();
     if let Err(retry_after) = conn.rate.take() {

@@ -50,12 +50,19 @@ async fn template() -> &'static str {
             .load(&mut admin)
             .await
             .expect("list databases");
+            // Names carry their creation time (unix seconds); only databases older than an hour are
+            // dropped, so suites running side by side on one server leave each other alone.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let stale = stale.into_iter().filter(|db| {
+                let created = db.datname.split('_').nth(2).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+                now.saturating_sub(created) > 3600
+            });
             for db in stale {
                 let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", db.datname))
                     .execute(&mut admin)
                     .await;
             }
-            let name = format!("chorus_tpl_{}", Uuid::new_v4().simple());
+            let name = format!("chorus_tpl_{}_{}", unix_secs(), Uuid::new_v4().simple());
             diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create template");
             chorus::db::run_migrations(&database_url(&name)).await.expect("migrate template");
             name
@@ -63,10 +70,14 @@ async fn template() -> &'static str {
         .await
 }
 
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// A fresh, migrated database for one test.
 pub async fn fresh_database() -> String {
     let template = template().await;
-    let name = format!("chorus_t_{}", Uuid::new_v4().simple());
+    let name = format!("chorus_t_{}_{}", unix_secs(), Uuid::new_v4().simple());
     let mut admin = AsyncPgConnection::establish(&admin_database_url()).await.expect("connect to test PostgreSQL");
     // Cloning fails while another session is connected to the template; the migration connection may
     // still be closing, so retry briefly.

@@ -559,3 +559,25 @@ async fn unreceived_lists_messages_past_the_delivered_cursor_by_room() {
     app.send(&alice, a, "a3").await;
     assert_eq!(pending(&app.get("/api/v1/unreceived", &bob.token).await), vec![(a, vec![3])]);
 }
+
+#[actix_web::test]
+async fn my_own_messages_are_neither_unread_nor_unreceived_for_me() {
+    let app = spawn_app().await;
+    let (alice, bob, room) = pair_room(&app, "private").await;
+    app.send(&alice, room, "mine 1").await;
+    app.send(&alice, room, "mine 2").await;
+    app.send(&bob, room, "bob's").await;
+    let listed = app.get("/api/v1/rooms", &alice.token).await;
+    let mine = listed.items().into_iter().find(|r| uuid_of(&r["id"]) == room).expect("listed");
+    assert_eq!(mine["last_seq"], json!(3));
+    assert_eq!(mine["unread_count"], json!(1), "only bob's message is unread for alice: {mine}");
+    let pending = app.get("/api/v1/unreceived", &alice.token).await;
+    let seqs: Vec<i64> = pending.body["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+        .map(|m| m["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, vec![3], "alice's own messages are not waiting for alice: {:?}", pending.body);
+}

@@ -287,8 +287,12 @@ async fn failing_requests(app: &TestApp) -> Vec<(String, Reply)> {
     ];
     let mut out = Vec::new();
     for (method, path, token, body) in tries {
+        let what = match &body {
+            Some(b) => format!("{method} {path} {}", b.to_string().chars().take(80).collect::<String>()),
+            None => format!("{method} {path}"),
+        };
         let res = app.request(method, &path, token, body).await;
-        out.push((format!("{method} {path}"), res));
+        out.push((what, res));
     }
     out
 }

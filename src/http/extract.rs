@@ -1,0 +1,103 @@
+//! JSON body and query-string extractors that name the exact field a client got wrong
+//! (`visibility`, `limit`, `rooms[0].room_id`), where the stock extractors only say "body".
+
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpRequest};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, FieldError};
+
+/// Turns a path-aware serde error into a validation error naming the field.
+fn named<E: std::fmt::Display>(error: serde_path_to_error::Error<E>, whole: &str) -> ApiError {
+    let message = error.inner().to_string();
+    let path = error.path().to_string();
+    let field = if path == "." || path.is_empty() {
+        // serde names a missing or unknown field only in its message: "missing field `name`".
+        message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.contains("field"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| whole.to_owned())
+    } else {
+        path
+    };
+    ApiError::Validation(vec![FieldError::new(field, message)])
+}
+
+/// A JSON request body.
+pub struct Json<T>(pub T);
+
+impl<T> Json<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> Deref for Json<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let json_type = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
+        let body = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let bytes = body.await.map_err(|e| match e.as_response_error().status_code() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(0),
+                _ => ApiError::field("body", e.to_string()),
+            })?;
+            if !json_type {
+                return Err(ApiError::field("body", "Content-Type must be application/json"));
+            }
+            let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+            serde_path_to_error::deserialize(&mut deserializer).map(Json).map_err(|e| named(e, "body"))
+        })
+    }
+}
+
+/// Query-string parameters.
+pub struct Query<T>(pub T);
+
+impl<T> Query<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> Deref for Query<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest for Query<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let parsed = form_pairs(req.query_string());
+        std::future::ready(parsed.map(Query))
+    }
+}
+
+fn form_pairs<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|e| named(e, "query"))
+}
