@@ -230,6 +230,8 @@ async fn serve(
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => {}
                     Some(Ok(AggregatedMessage::Close(_))) | None => return End::Client,
+                    // The connection dropped without a close frame: the client is gone, nothing to say.
+                    Some(Err(actix_ws::ProtocolError::Io(_))) => return End::Client,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "websocket protocol error");
                         let code = if matches!(e, actix_ws::ProtocolError::Overflow) { 1009 } else { 1002 };

@@ -5,6 +5,7 @@ mod helpers;
 mod accounts;
 mod cluster;
 mod messages;
+mod metrics;
 mod ops;
 mod resilience;
 mod rooms;
