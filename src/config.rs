@@ -163,6 +163,10 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_DEGRADED_POLL_MS", default_value_t = 1000)]
     pub degraded_poll_ms: u64,
 
+    /// Login, register and refresh attempts per minute per client address, per node (429 beyond).
+    #[arg(long, env = "CHORUS_AUTH_RATE_PER_MIN", default_value_t = 30)]
+    pub auth_rate_per_min: u32,
+
     /// argon2id memory cost in KiB (OWASP minimum: 19456).
     #[arg(long, env = "CHORUS_ARGON2_MEMORY_KIB", default_value_t = 19456)]
     pub argon2_memory_kib: u32,
@@ -270,6 +274,7 @@ impl Settings {
         // Tests register many users; the cheapest argon2id parameters keep them fast.
         s.argon2_memory_kib = 1024;
         s.argon2_iterations = 1;
+        s.auth_rate_per_min = 1_000_000;
         s.shutdown_grace_s = 5;
         s
     }

@@ -28,6 +28,7 @@ pub mod hub;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod ratelimit;
 pub mod service;
 pub mod startup;
 pub mod telemetry;

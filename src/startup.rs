@@ -30,6 +30,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Publishes events to every node.
     pub fanout: Fanout,
+    /// Brute-force brake on login, register and refresh.
+    pub auth_limiter: crate::ratelimit::RateLimiter,
     /// Set on SIGTERM: `/readyz` fails at once so the load balancer stops sending new clients.
     pub draining: std::sync::atomic::AtomicBool,
 }
@@ -67,6 +69,7 @@ impl AppState {
             Duration::from_millis(settings.degraded_poll_ms),
         );
         let fanout = Fanout::new(bus, hub.clone());
+        let settings_rate = settings.auth_rate_per_min;
         Ok(Self {
             settings: Arc::new(settings),
             db,
@@ -76,6 +79,7 @@ impl AppState {
             metrics,
             hub,
             fanout,
+            auth_limiter: crate::ratelimit::RateLimiter::per_minute(settings_rate),
             draining: Default::default(),
         })
     }

@@ -426,3 +426,18 @@ async fn user_search_rejects_bad_limits_and_cursors() {
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(res.items().len(), 1);
 }
+
+#[actix_web::test]
+async fn password_guessing_is_braked_with_429_and_retry_after() {
+    let app = spawn_app_with(|s| s.auth_rate_per_min = 3).await;
+    let body = json!({"username": "nobody", "password": "wrong password"});
+    for _ in 0..3 {
+        let r = app.request("POST", "/api/v1/auth/login", None, Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let limited = app.request("POST", "/api/v1/auth/login", None, Some(body)).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.code(), "rate_limited");
+    let retry: u64 = limited.headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+    assert!((1..=20).contains(&retry), "Retry-After: {retry}");
+}
