@@ -509,8 +509,9 @@ _install_promtool() {
 	if _promtool_path >/dev/null 2>&1 && "$(_promtool_path)" --version >/dev/null 2>&1; then
 		return 0
 	fi
-	command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 ||
+	if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
 		chorus_die "promtool missing and no apt-get/dpkg-deb to fetch it: install Prometheus' promtool on PATH"
+	fi
 	if chorus_is_root; then
 		# apt's sandbox user cannot write into our temp dir; as root, skip it.
 		apt_opts=(-o APT::Sandbox::User=root)
