@@ -136,6 +136,10 @@ enum Command {
 pub struct Bus {
     pub channels: Channels,
     pool: deadpool_redis::Pool,
+    /// One multiplexed connection taken from the pool and kept for publishing: concurrent PUBLISHes
+    /// pipeline on it, and the pool's per-checkout health check (UNWATCH + PING, a round trip) is
+    /// paid once rather than for every message. Replaced from the pool after an error.
+    publisher: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -163,7 +167,7 @@ impl Bus {
             metrics: metrics.clone(),
         };
         tokio::spawn(subscriber.run());
-        Ok((Bus { channels, pool, commands, connected, metrics }, event_rx))
+        Ok((Bus { channels, pool, publisher: Arc::default(), commands, connected, metrics }, event_rx))
     }
 
     pub fn is_connected(&self) -> bool {
@@ -175,8 +179,12 @@ impl Bus {
     pub async fn publish(&self, channel: &str, envelope: &Envelope) -> bool {
         let payload = envelope.encode();
         let result: Result<i64, String> = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut *conn).await.map_err(|e| e.to_string())
+            let mut conn = self.publisher().await?;
+            let sent = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut conn).await;
+            if sent.is_err() {
+                *self.publisher.lock().await = None;
+            }
+            sent.map_err(|e| e.to_string())
         }
         .await;
         match result {
@@ -187,6 +195,17 @@ impl Bus {
                 false
             }
         }
+    }
+
+    async fn publisher(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let mut slot = self.publisher.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let pooled = self.pool.get().await.map_err(|e| e.to_string())?;
+        let conn = deadpool_redis::Connection::take(pooled);
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     /// Asks to subscribe to `channels` and returns at once; the receiver resolves once Redis

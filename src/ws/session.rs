@@ -22,6 +22,9 @@ use crate::protocol::ws::{
 };
 use crate::startup::AppState;
 
+/// Most queued frames a session takes from its queue per turn of its loop.
+const OUTBOUND_BATCH: usize = 64;
+
 /// Why a session ended, for the close frame and the metrics.
 enum End {
     Client,
@@ -101,7 +104,10 @@ pub async fn run(state: Arc<AppState>, user: AuthUser, mut socket: Session, mut 
     state.metrics.ws_disconnects_total.with_label_values(&[reason]).inc();
     if let Some(code) = code {
         let close = CloseReason { code: CloseCode::from(code), description: Some(reason.to_owned()) };
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(close))).await;
+        // A slow consumer's pipe is full: its close frame waits behind the queued frames until the
+        // client reads on, so it gets longer to arrive than a normal close.
+        let wait = if code == close_code::SLOW_CONSUMER { Duration::from_secs(10) } else { Duration::from_secs(1) };
+        let _ = tokio::time::timeout(wait, socket.close(Some(close))).await;
     }
     match presence::session_closed(&state, conn.user.id, session_id).await {
         Ok(true) => presence::announce(&state, conn.user.id, false).await,
@@ -180,31 +186,48 @@ async fn serve(
     let silence_limit = heartbeat_every.mul_f64(2.5);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
     let mut last_heard = Instant::now();
+    // One timer for the token's expiry, moved only when `auth` swaps in a fresh token (a timer
+    // per loop turn would cost a timer-wheel insert and removal for every frame).
+    let expiry_at =
+        |expires_at: u64| tokio::time::Instant::now() + Duration::from_secs(expires_at.saturating_sub(unix_now()));
+    let mut armed_for = conn.user.expires_at;
+    let expiry = tokio::time::sleep_until(expiry_at(armed_for));
+    tokio::pin!(expiry);
+    let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
     loop {
-        let expires_in = Duration::from_secs(conn.user.expires_at.saturating_sub(unix_now()));
+        if conn.user.expires_at != armed_for {
+            armed_for = conn.user.expires_at;
+            expiry.as_mut().reset(expiry_at(armed_for));
+        }
         tokio::select! {
             biased;
             _ = control.notify.notified() => return closing(control),
-            _ = tokio::time::sleep(expires_in) => {
+            _ = &mut expiry => {
                 if conn.user.expires_at <= unix_now() {
                     return End::Code(close_code::TOKEN_EXPIRED, "token_expired");
                 }
+                armed_for = 0; // re-arm for the new expiry on the next turn
             }
-            item = rx.recv() => {
-                let Some(item) = item else { return End::Code(1011, "error") };
-                let frame = match item {
-                    Outbound::Message { room, seq, frame } => {
-                        let delivered = conn.delivered.entry(room).or_insert(0);
-                        if seq <= *delivered {
-                            continue;
+            count = rx.recv_many(&mut batch, OUTBOUND_BATCH) => {
+                if count == 0 {
+                    return End::Code(1011, "error");
+                }
+                // Everything queued is written in one turn of the loop.
+                for item in batch.drain(..) {
+                    let frame = match item {
+                        Outbound::Message { room, seq, frame } => {
+                            let delivered = conn.delivered.entry(room).or_insert(0);
+                            if seq <= *delivered {
+                                continue;
+                            }
+                            *delivered = seq;
+                            frame
                         }
-                        *delivered = seq;
-                        frame
+                        Outbound::Frame(frame) => frame,
+                    };
+                    if let Err(end) = write(socket, control, frame).await {
+                        return end;
                     }
-                    Outbound::Frame(frame) => frame,
-                };
-                if let Err(end) = write(socket, control, frame).await {
-                    return end;
                 }
             }
             message = stream.recv() => {

@@ -312,10 +312,11 @@ async fn a_slow_consumer_is_cut_with_4008_while_a_fast_one_keeps_up() {
     nodes[0].add(&alice, room, &[&slow, &fast]).await;
     let mut slow_ws = WsClient::connect(&nodes[1], &slow.token).await;
     let mut fast_ws = WsClient::connect(&nodes[1], &fast.token).await;
-    // The slow client never reads while 1,000 large messages arrive: the kernel buffers fill, its
+    // The slow client never reads while 3,000 large messages (12 MB) arrive: the kernel buffers fill, its
     // queue overflows, and the node cuts it. The fast one reads everything, in order.
     let big = "z".repeat(4000);
-    let total = 1000;
+    // More than loopback TCP buffers can absorb (autotuned up to ~10 MB between the two ends).
+    let total = 3000;
     let sender = async {
         for _ in 0..total / 10 {
             join_all((0..10).map(|_| nodes[0].send(&alice, room, &big))).await;
