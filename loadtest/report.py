@@ -173,6 +173,11 @@ for scenario in scenarios:
             w(f"  ![{name} {scenario} latency CDF](bench/{base}-latency-cdf.svg) "
               f"![{name} {scenario} latency over time](bench/{base}-latency-over-time.svg)")
 
+profile = os.path.join(os.path.dirname(out), "bench", "profile.md")
+if os.path.exists(profile):
+    w("")
+    with open(profile) as f:
+        w(f.read().rstrip())
 w("")
 w("## Reading these numbers")
 w("")

@@ -253,6 +253,7 @@ impl Subscriber {
             match self.connect_and_serve().await {
                 Ok(()) => return, // the node is shutting down: every Bus handle is gone
                 Err(error) => {
+                    self.metrics.redis_subscribe_errors_total.inc();
                     if self.connected.swap(false, Ordering::Relaxed) {
                         self.metrics.redis_connected.set(0);
                         tracing::warn!(%error, "pub/sub connection lost; polling PostgreSQL until it is back");
@@ -337,7 +338,6 @@ impl Subscriber {
                             let _ = ack.send(ok);
                             self.metrics.subscribed_channels.set(self.wanted.len() as i64);
                             if !ok {
-                                self.metrics.redis_subscribe_errors_total.inc();
                                 return Err("SUBSCRIBE failed".into());
                             }
                         }
@@ -345,7 +345,6 @@ impl Subscriber {
                             let gone: Vec<String> = channels.into_iter().filter(|c| self.wanted.remove(c)).collect();
                             self.metrics.subscribed_channels.set(self.wanted.len() as i64);
                             if !gone.is_empty() && sink.unsubscribe(&gone).await.is_err() {
-                                self.metrics.redis_subscribe_errors_total.inc();
                                 return Err("UNSUBSCRIBE failed".into());
                             }
                         }

@@ -349,7 +349,7 @@ impl Hub {
     /// Queues a frame to one recipient. A full queue on a durable frame closes the socket (4008):
     /// the client resyncs on reconnect. Ephemeral frames are shed once the queue is three-quarters full.
     fn offer(&self, recipient: &Recipient, item: Outbound, ephemeral: bool) {
-        if ephemeral && recipient.tx.capacity() < self.queue_capacity / 4 {
+        if admit(recipient.tx.capacity(), self.queue_capacity, ephemeral) == Admit::Shed {
             self.metrics.fanout_shed_total.inc();
             return;
         }
@@ -504,6 +504,23 @@ impl Hub {
     }
 }
 
+/// Whether a frame goes into a socket's queue.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Queue,
+    Shed,
+}
+
+/// Under pressure, ephemeral frames (typing, presence) are shed before any message: once a queue is
+/// three-quarters full, only durable frames still go in, so the last quarter is kept for them.
+fn admit(free_slots: usize, capacity: usize, ephemeral: bool) -> Admit {
+    if ephemeral && free_slots < capacity / 4 {
+        Admit::Shed
+    } else {
+        Admit::Queue
+    }
+}
+
 async fn shard_loop(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<ShardWork>) {
     while let Some(work) = rx.recv().await {
         let Some(hub) = hub.upgrade() else { return };
@@ -569,5 +586,23 @@ async fn degraded_poller(hub: Weak<Hub>, interval: Duration) {
                 hub.shard(room).send(ShardWork::CatchUp { room }).ok();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ephemeral_frames_are_shed_before_messages() {
+        // An empty queue takes everything.
+        assert_eq!(admit(16, 16, true), Admit::Queue);
+        assert_eq!(admit(16, 16, false), Admit::Queue);
+        // Three-quarters full: typing and presence are shed, messages still queue.
+        assert_eq!(admit(3, 16, true), Admit::Shed);
+        assert_eq!(admit(3, 16, false), Admit::Queue);
+        // Full: messages hit the slow-consumer path (try_send fails), ephemeral ones are shed.
+        assert_eq!(admit(0, 16, true), Admit::Shed);
+        assert_eq!(admit(0, 16, false), Admit::Queue);
     }
 }

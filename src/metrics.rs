@@ -32,7 +32,7 @@ pub struct Metrics {
     pub bus_transit_seconds: Histogram,
     /// Redis PUBLISH failures (the message is stored; delivery falls back to PostgreSQL catch-up).
     pub redis_publish_errors_total: IntCounter,
-    /// Redis SUBSCRIBE/UNSUBSCRIBE failures.
+    /// Pub/sub connection failures: a lost connection, a failed reconnect, a failed SUBSCRIBE/UNSUBSCRIBE.
     pub redis_subscribe_errors_total: IntCounter,
     /// Times this node's pub/sub connection was (re)established.
     pub redis_reconnects_total: IntCounter,
@@ -54,6 +54,10 @@ pub struct Metrics {
     pub db_pool_in_use: IntGauge,
     /// PostgreSQL pool: requests waiting for a connection.
     pub db_pool_waiting: IntGauge,
+    /// Seconds a request waited for a pooled PostgreSQL connection.
+    pub db_pool_wait_seconds: Histogram,
+    /// PostgreSQL query duration in seconds, by query (insert_message, read_messages, unreceived).
+    pub db_query_duration_seconds: HistogramVec,
     /// HTTP requests, by route template, method and status.
     pub http_requests_total: IntCounterVec,
     /// HTTP request duration in seconds, by route template.
@@ -112,7 +116,7 @@ impl Metrics {
             redis_publish_errors_total: reg!(IntCounter::new("redis_publish_errors_total", "Redis PUBLISH failures.")?),
             redis_subscribe_errors_total: reg!(IntCounter::new(
                 "redis_subscribe_errors_total",
-                "Redis SUBSCRIBE/UNSUBSCRIBE failures."
+                "Pub/sub connection failures: a lost connection, a failed reconnect, a failed SUBSCRIBE/UNSUBSCRIBE."
             )?),
             redis_reconnects_total: reg!(IntCounter::new(
                 "redis_reconnects_total",
@@ -147,6 +151,18 @@ impl Metrics {
             db_pool_waiting: reg!(IntGauge::new(
                 "db_pool_waiting_requests",
                 "PostgreSQL pool: requests waiting for a connection."
+            )?),
+            db_pool_wait_seconds: reg!(latency(
+                "db_pool_wait_seconds",
+                "Seconds a request waited for a pooled PostgreSQL connection."
+            )?),
+            db_query_duration_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "db_query_duration_seconds",
+                    "PostgreSQL query duration in seconds, by query (insert_message, read_messages, unreceived)."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["query"]
             )?),
             http_requests_total: reg!(IntCounterVec::new(
                 Opts::new("http_requests_total", "HTTP requests, by route template, method and status."),

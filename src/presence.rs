@@ -120,7 +120,7 @@ pub async fn session_closed(state: &AppState, user: Uuid, session: Uuid) -> Resu
 /// Tells the user's rooms about a transition, and records `last_seen_at` when they go offline.
 pub async fn announce(state: &AppState, user: Uuid, online: bool) {
     let result: Result<(), crate::error::ApiError> = async {
-        let mut conn = state.db.get().await?;
+        let mut conn = state.db_conn().await?;
         if !online {
             crate::db::users::touch_last_seen(&mut conn, user).await?;
         }

@@ -36,6 +36,25 @@ pub struct AppState {
     pub draining: std::sync::atomic::AtomicBool,
 }
 
+impl AppState {
+    /// A pooled PostgreSQL connection; the wait is measured (pool pressure shows up in metrics
+    /// before it shows up as 503s).
+    pub async fn db_conn(&self) -> Result<db::PooledConn, crate::error::ApiError> {
+        let started = std::time::Instant::now();
+        let conn = self.db.get().await;
+        self.metrics.db_pool_wait_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(conn?)
+    }
+
+    /// Runs `query`, recording its duration under `name` (a handful of fixed names, never ids).
+    pub async fn timed<T>(&self, name: &str, query: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let result = query.await;
+        self.metrics.db_query_duration_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
 /// A start-up failure, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

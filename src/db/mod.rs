@@ -20,6 +20,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 pub type DbConn = AsyncPgConnection;
 pub type DbPool = Pool<DbConn>;
 pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
+pub type PooledConn = diesel_async::pooled_connection::deadpool::Object<DbConn>;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

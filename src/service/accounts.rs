@@ -18,7 +18,7 @@ pub async fn register(state: &AppState, req: Credentials) -> ApiResult<User> {
     Checks::new().add(validate::username(&req.username)).add(validate::password("password", &req.password)).finish()?;
     let hash = state.passwords.hash(req.password).await?;
     let key = req.username.to_ascii_lowercase();
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let new = NewUser { id: Uuid::now_v7(), username: &req.username, username_key: &key, password_hash: &hash };
     match users::insert(&mut conn, &new).await {
         Ok(row) => Ok(row.into_user(false)),
@@ -32,7 +32,7 @@ pub async fn register(state: &AppState, req: Credentials) -> ApiResult<User> {
 pub async fn login(state: &AppState, req: Credentials) -> ApiResult<TokenPair> {
     // A name that could never have registered is not looked up, but still costs a full verify.
     let user = if validate::username(&req.username).is_ok() {
-        let mut conn = state.db.get().await?;
+        let mut conn = state.db_conn().await?;
         users::by_username_key(&mut conn, &req.username.to_ascii_lowercase()).await?
     } else {
         None
@@ -42,7 +42,7 @@ pub async fn login(state: &AppState, req: Credentials) -> ApiResult<TokenPair> {
         (true, Some(user)) => user,
         _ => return Err(ApiError::InvalidCredentials),
     };
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let family = tokens::new_family(&mut conn, user.id).await?;
     issue_pair(state, &mut conn, family, user).await
 }
@@ -72,7 +72,7 @@ enum Presented {
 
 pub async fn refresh(state: &AppState, refresh_token: &str) -> ApiResult<TokenPair> {
     let hash = hash_refresh_token(refresh_token);
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     // The token row is locked, so of two concurrent refreshes with one token, the second sees it spent.
     // A reuse commits the family's revocation before answering 401.
     let outcome = conn
@@ -103,7 +103,7 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> ApiResult<TokenPa
 /// twice is not an error.
 pub async fn logout(state: &AppState, caller: &AuthUser, refresh_token: &str) -> ApiResult<()> {
     let hash = hash_refresh_token(refresh_token);
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     conn.transaction::<_, ApiError, _>(async |conn| {
         if let Some(token) = tokens::find_for_update(conn, &hash).await? {
             if token.user_id == caller.id {
@@ -116,7 +116,7 @@ pub async fn logout(state: &AppState, caller: &AuthUser, refresh_token: &str) ->
 }
 
 pub async fn get_user(state: &AppState, id: Uuid) -> ApiResult<User> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let row = users::by_id(&mut conn, id).await?.ok_or(ApiError::NotFound(Missing::User))?;
     let online = presence::is_online(state, id).await;
     Ok(row.into_user(online))
@@ -128,7 +128,7 @@ pub async fn search(state: &AppState, q: &str, cursor: Option<&str>, limit: Opti
         return Err(ApiError::field("q", "must be at most 32 characters of letters, digits, '_', '.' or '-'"));
     }
     let after = validate::decode_cursor(cursor)?;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let mut rows = users::search(&mut conn, &q.to_ascii_lowercase(), after.as_deref(), limit + 1).await?;
     let next_cursor = validate::next_cursor(&mut rows, limit, |u| u.username_key.clone());
     let ids: Vec<Uuid> = rows.iter().map(|u| u.id).collect();

@@ -30,9 +30,12 @@ pub async fn send(
     state.metrics.messages_received_total.inc();
     validate::content(content, state.settings.max_message_bytes)?;
     Checks::new().add(validate::client_msg_id(client_msg_id)).finish()?;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     // The common case is one round trip; the lookups below run only when the insert did not happen.
-    match db::messages::insert_next(&mut conn, room_id, sender, content, client_msg_id).await {
+    match state
+        .timed("insert_message", db::messages::insert_next(&mut conn, room_id, sender, content, client_msg_id))
+        .await
+    {
         Ok(Some(row)) => {
             drop(conn);
             state.metrics.messages_persisted_total.inc();
@@ -76,7 +79,7 @@ async fn load_message(
 
 /// The room a message lives in (WebSocket `edit`/`delete` name only the message).
 pub async fn room_of(state: &AppState, message_id: Uuid) -> ApiResult<Uuid> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let row = db::messages::find_by_id(&mut conn, message_id).await?.ok_or(ApiError::NotFound(Missing::Message))?;
     Ok(row.room_id)
 }
@@ -89,7 +92,7 @@ pub async fn edit(
     content: &str,
 ) -> ApiResult<Message> {
     validate::content(content, state.settings.max_message_bytes)?;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let (_, message) = load_message(&mut conn, caller, room_id, message_id).await?;
     if message.sender_id != caller {
         return Err(ApiError::Forbidden("only the author may edit a message"));
@@ -101,7 +104,7 @@ pub async fn edit(
 }
 
 pub async fn delete(state: &AppState, caller: Uuid, room_id: Uuid, message_id: Uuid) -> ApiResult<Message> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let (access, message) = load_message(&mut conn, caller, room_id, message_id).await?;
     if message.sender_id != caller {
         access
@@ -116,7 +119,7 @@ pub async fn delete(state: &AppState, caller: Uuid, room_id: Uuid, message_id: U
 
 /// Clears the history; returns the seq up to which it was cleared.
 pub async fn clear(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<i64> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     use diesel_async::AsyncConnection;
     let cleared = conn
         .transaction::<_, ApiError, _>(async |conn| {
@@ -145,20 +148,23 @@ pub async fn history(
         .add(validate::seq("after_seq", after_seq))
         .check(before_seq.is_none() || after_seq.is_none(), "after_seq", "give before_seq or after_seq, not both")
         .finish()?;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let access = Access::load(&mut conn, room_id, caller, false).await?;
     access.member()?;
     let floor = access.room.cleared_seq;
     let (items, has_more, next) = match after_seq {
         Some(after) => {
-            let mut rows = db::messages::after(&mut conn, room_id, after.max(floor), limit + 1).await?;
+            let mut rows = state
+                .timed("read_messages", db::messages::after(&mut conn, room_id, after.max(floor), limit + 1))
+                .await?;
             let more = rows.len() as i64 > limit;
             rows.truncate(limit as usize);
             let next = rows.last().map(|m| m.seq);
             (rows, more, next)
         }
         None => {
-            let mut rows = db::messages::before(&mut conn, room_id, before_seq, limit + 1).await?;
+            let mut rows =
+                state.timed("read_messages", db::messages::before(&mut conn, room_id, before_seq, limit + 1)).await?;
             rows.retain(|m| m.seq > floor);
             let more = rows.len() as i64 > limit;
             if more {
@@ -183,10 +189,15 @@ pub async fn since(
     after_seq: i64,
     limit: i64,
 ) -> ApiResult<(Vec<Message>, bool)> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let access = Access::load(&mut conn, room_id, caller, false).await?;
     access.member()?;
-    let mut rows = db::messages::after(&mut conn, room_id, after_seq.max(access.room.cleared_seq), limit + 1).await?;
+    let mut rows = state
+        .timed(
+            "read_messages",
+            db::messages::after(&mut conn, room_id, after_seq.max(access.room.cleared_seq), limit + 1),
+        )
+        .await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     Ok((rows.into_iter().map(Message::from).collect(), more))
@@ -204,7 +215,7 @@ pub async fn receipts(
         .add(validate::seq("read_seq", read_seq))
         .check(delivered_seq.is_some() || read_seq.is_some(), "delivered_seq", "give delivered_seq, read_seq or both")
         .finish()?;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     match db::messages::advance_cursors(&mut conn, room_id, caller, delivered_seq, read_seq).await? {
         Some(m) => {
             drop(conn);
@@ -221,9 +232,9 @@ pub async fn receipts(
 
 pub async fn unreceived(state: &AppState, caller: Uuid) -> ApiResult<Unreceived> {
     let per_room = state.settings.unreceived_limit;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     // Fetch one extra per room to learn whether more are waiting.
-    let rows = db::messages::unreceived(&mut conn, caller, per_room + 1).await?;
+    let rows = state.timed("unreceived", db::messages::unreceived(&mut conn, caller, per_room + 1)).await?;
     let mut by_room: BTreeMap<Uuid, Vec<Message>> = BTreeMap::new();
     for row in rows {
         by_room.entry(row.room_id).or_default().push(row.into());

@@ -95,7 +95,7 @@ pub async fn create(state: &AppState, caller: Uuid, req: CreateRoomRequest) -> A
     others.sort();
     others.dedup();
     let room_id = Uuid::now_v7();
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let result = conn
         .transaction::<_, ApiError, _>(async |conn| {
             if !users::missing_ids(conn, &others).await?.is_empty() {
@@ -132,7 +132,7 @@ pub async fn create(state: &AppState, caller: Uuid, req: CreateRoomRequest) -> A
 }
 
 pub async fn get(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Room> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     Access::load(&mut conn, room_id, caller, false).await?;
     view(&mut conn, room_id, caller).await
 }
@@ -153,7 +153,7 @@ pub async fn list(
     let after = validate::decode_cursor(cursor)?
         .map(|c| c.parse::<Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor this server issued")))
         .transpose()?;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let mut rows = match scope {
         Scope::Joined => q::list_joined(&mut conn, caller, after, limit + 1).await?,
         Scope::Public => q::list_public(&mut conn, caller, after, limit + 1).await?,
@@ -176,7 +176,7 @@ pub async fn update(state: &AppState, caller: Uuid, room_id: Uuid, req: UpdateRo
         Some(None) => Some(None),
         None => None,
     };
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     conn.transaction::<_, ApiError, _>(async |conn| {
         let access = Access::load(conn, room_id, caller, true).await?;
         access.require(Role::Admin)?;
@@ -204,7 +204,7 @@ pub async fn update(state: &AppState, caller: Uuid, room_id: Uuid, req: UpdateRo
 
 /// Closes the room; returns how many members it had (they get `room_deleted`).
 pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<usize> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let members = conn
         .transaction::<_, ApiError, _>(async |conn| {
             let access = Access::load(conn, room_id, caller, true).await?;
@@ -222,7 +222,7 @@ pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<u
 }
 
 pub async fn transfer(state: &AppState, caller: Uuid, room_id: Uuid, new_owner: Uuid) -> ApiResult<Room> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     conn.transaction::<_, ApiError, _>(async |conn| {
         let access = Access::load(conn, room_id, caller, true).await?;
         access.group_only()?;
@@ -246,7 +246,7 @@ pub async fn transfer(state: &AppState, caller: Uuid, room_id: Uuid, new_owner: 
 
 /// Joins a public room; returns the room and whether the caller was newly added.
 pub async fn join(state: &AppState, caller: Uuid, room_id: Uuid, password: Option<String>) -> ApiResult<(Room, bool)> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let access = Access::load(&mut conn, room_id, caller, false).await?;
     if access.member.is_some() {
         return Ok((view(&mut conn, room_id, caller).await?, false));
@@ -257,7 +257,7 @@ pub async fn join(state: &AppState, caller: Uuid, room_id: Uuid, password: Optio
         if !state.passwords.verify(given, Some(hash)).await? {
             return Err(ApiError::WrongPassword);
         }
-        conn = state.db.get().await?;
+        conn = state.db_conn().await?;
     }
     let added = conn
         .transaction::<_, ApiError, _>(async |conn| {
@@ -287,7 +287,7 @@ pub struct Left {
 }
 
 pub async fn leave(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Left> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let left = conn
         .transaction::<_, ApiError, _>(async |conn| {
             let access = Access::load(conn, room_id, caller, true).await?;
@@ -335,7 +335,7 @@ pub async fn members(
             Ok::<_, ApiError>((ts, id.parse::<Uuid>().map_err(|_| bad_cursor())?))
         })
         .transpose()?;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     Access::load(&mut conn, room_id, caller, false).await?.member()?;
     let mut rows = q::list_members(&mut conn, room_id, after, limit + 1).await?;
     drop(conn);
@@ -363,7 +363,7 @@ pub async fn add_members(state: &AppState, caller: Uuid, room_id: Uuid, user_ids
         .check(!user_ids.is_empty(), "user_ids", "must not be empty")
         .check(user_ids.len() <= MAX_MEMBERS_PER_CALL, "user_ids", "at most 100 at a time")
         .finish()?;
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let (added, last_seq) = conn
         .transaction::<_, ApiError, _>(async |conn| {
             let access = Access::load(conn, room_id, caller, true).await?;
@@ -383,7 +383,7 @@ pub async fn add_members(state: &AppState, caller: Uuid, room_id: Uuid, user_ids
 }
 
 pub async fn remove_member(state: &AppState, caller: Uuid, room_id: Uuid, target: Uuid) -> ApiResult<()> {
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     conn.transaction::<_, ApiError, _>(async |conn| {
         let access = Access::load(conn, room_id, caller, true).await?;
         let my_role = access.require(Role::Admin)?;
@@ -408,7 +408,7 @@ pub async fn set_role(state: &AppState, caller: Uuid, room_id: Uuid, target: Uui
     if role == Role::Owner {
         return Err(ApiError::field("role", "must be admin or member; transfer ownership with POST /rooms/{id}/owner"));
     }
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let member = conn
         .transaction::<_, ApiError, _>(async |conn| {
             let access = Access::load(conn, room_id, caller, true).await?;
@@ -439,7 +439,7 @@ pub async fn direct(state: &AppState, caller: Uuid, other: Uuid) -> ApiResult<(R
     if other == caller {
         return Err(ApiError::field("user_id", "must be someone other than yourself"));
     }
-    let mut conn = state.db.get().await?;
+    let mut conn = state.db_conn().await?;
     let (room_id, created) = conn
         .transaction::<_, ApiError, _>(async |conn| {
             users::by_id(conn, other).await?.ok_or(ApiError::NotFound(Missing::User))?;

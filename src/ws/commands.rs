@@ -99,7 +99,7 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
                 return Err(ApiError::field("user_ids", "at most 200 users per query"));
             }
             let online = presence::online_among(&state, &query.user_ids).await;
-            let mut db_conn = state.db.get().await?;
+            let mut db_conn = state.db_conn().await?;
             let mut out = Vec::with_capacity(query.user_ids.len());
             for user in &query.user_ids {
                 if let Some(row) = db::users::by_id(&mut db_conn, *user).await? {

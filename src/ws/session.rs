@@ -77,7 +77,6 @@ pub async fn run(state: Arc<AppState>, user: AuthUser, mut socket: Session, mut 
     state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone() }).await;
     state.metrics.ws_connections.inc();
     state.metrics.ws_connects_total.inc();
-    let _span = tracing::debug_span!("ws", session = %session_id, user = %user.id).entered();
 
     let mut conn = Connection {
         rate: TokenBucket::new(state.settings.ws_rate_per_s, state.settings.ws_rate_burst),
@@ -87,7 +86,9 @@ pub async fn run(state: Arc<AppState>, user: AuthUser, mut socket: Session, mut 
         delivered: HashMap::new(),
         typing_at: HashMap::new(),
     };
-    let end = match send_ready(&mut conn, &mut socket).await {
+    // The set-up and command futures are boxed: they are large (every service call they may make
+    // is part of their state) and short-lived, and an idle socket should not carry them.
+    let end = match Box::pin(send_ready(&mut conn, &mut socket)).await {
         Ok(()) => serve(&mut conn, &mut socket, &mut stream, &mut rx, &control).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not prepare the session");
@@ -126,7 +127,7 @@ async fn send_ready(conn: &mut Connection, socket: &mut Session) -> Result<(), A
             false
         }
     };
-    let mut db = state.db.get().await?;
+    let mut db = state.db_conn().await?;
     let user = crate::db::users::by_id(&mut db, conn.user.id).await?.ok_or(ApiError::Unauthenticated)?;
     let rooms = crate::db::rooms::states_of(&mut db, conn.user.id).await?;
     drop(db);
@@ -193,7 +194,8 @@ async fn serve(
     let mut armed_for = conn.user.expires_at;
     let expiry = tokio::time::sleep_until(expiry_at(armed_for));
     tokio::pin!(expiry);
-    let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
+    // Grows on first use; an idle socket keeps no buffer.
+    let mut batch = Vec::new();
     loop {
         if conn.user.expires_at != armed_for {
             armed_for = conn.user.expires_at;
@@ -234,7 +236,7 @@ async fn serve(
                 last_heard = Instant::now();
                 match message {
                     Some(Ok(AggregatedMessage::Text(text))) => {
-                        for frame in handle_text(conn, &text).await {
+                        for frame in Box::pin(handle_text(conn, &text)).await {
                             if let Err(end) = write(socket, control, frame).await {
                                 return end;
                             }

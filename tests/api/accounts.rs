@@ -441,3 +441,64 @@ async fn password_guessing_is_braked_with_429_and_retry_after() {
     let retry: u64 = limited.headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
     assert!((1..=20).contains(&retry), "Retry-After: {retry}");
 }
+
+/// Writes a key pair with openssl into a fresh directory; returns (private, public) PEM paths.
+fn key_pair(args: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("chorus-keys-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("key dir");
+    let (private, public) = (dir.join("private.pem"), dir.join("public.pem"));
+    let ok = std::process::Command::new("openssl")
+        .arg("genpkey")
+        .args(args)
+        .arg("-out")
+        .arg(&private)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl genpkey (install openssl: script/bootstrap)");
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl pkey -pubout");
+    (private, public)
+}
+
+#[actix_web::test]
+async fn rs256_and_eddsa_tokens_work_and_hs256_ones_are_refused_then() {
+    for (alg, name, args) in [
+        (chorus::config::JwtAlgorithm::EdDsa, "EdDSA", vec!["-algorithm", "ed25519"]),
+        (chorus::config::JwtAlgorithm::Rs256, "RS256", vec!["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+    ] {
+        let (private, public) = key_pair(&args);
+        let app = spawn_app_with(|s| {
+            s.jwt_alg = alg;
+            s.jwt_private_key_file = Some(private.clone());
+            s.jwt_public_key_file = Some(public.clone());
+        })
+        .await;
+        let user = app.user("asym").await;
+        let header = user.token.split('.').next().unwrap_or_default();
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header).unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        assert_eq!(header["alg"], name);
+        let me = app.get("/api/v1/users/me", &user.token).await;
+        assert_eq!(me.status, StatusCode::OK, "{name}: {:?}", me.body);
+        // A token signed with a shared secret is no good on a cluster that signs asymmetrically.
+        let now = chorus::auth::tokens::unix_now();
+        let claims =
+            chorus::auth::tokens::Claims { sub: user.id, name: user.username.clone(), iat: now, exp: now + 60 };
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"test-secret-that-is-long-enough-0123456789"),
+        )
+        .expect("token");
+        let refused = app.get("/api/v1/users/me", &hs).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{name}");
+    }
+}

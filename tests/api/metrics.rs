@@ -55,6 +55,8 @@ async fn every_metric_moves_under_traffic() {
         "chorus_subscribed_channels",
         "chorus_presence_heartbeats_total",
         "chorus_db_pool_connections",
+        "chorus_db_pool_wait_seconds_count",
+        r#"chorus_db_query_duration_seconds_count{query="insert_message"}"#,
         r#"chorus_http_requests_total{method="POST",route="/api/v1/rooms",status="201"}"#,
         r#"chorus_http_request_duration_seconds_count{route="/api/v1/auth/login"}"#,
     ];

@@ -89,6 +89,8 @@ async fn chat_survives_a_redis_outage_without_losing_a_message() {
     assert_eq!(reply["result"]["rooms"][0]["last_seq"], 10);
     assert_eq!(c.messages(room, 7).await, (4..=10).collect::<Vec<_>>(), "the reconnecting client lost nothing");
     assert!(metric(&nodes[0], "chorus_redis_publish_errors_total").await >= 5.0);
+    assert!(metric(&nodes[0], "chorus_redis_subscribe_errors_total").await >= 1.0, "the lost connection is counted");
+    assert!(metric(&nodes[0], "chorus_redis_reconnects_total").await >= 2.0, "connected, then reconnected");
     assert!(metric(&nodes[1], "chorus_degraded_polls_total").await >= 1.0);
     assert!(metric(&nodes[1], "chorus_gap_filled_messages_total").await >= 5.0, "degraded delivery is gap filling");
 }
