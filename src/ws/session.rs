@@ -74,7 +74,7 @@ pub async fn run(state: Arc<AppState>, user: AuthUser, mut socket: Session, mut 
     let session_id = Uuid::now_v7();
     let (tx, mut rx) = mpsc::channel::<Outbound>(state.settings.ws_queue);
     let control = Arc::new(SessionControl::default());
-    state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone() }).await;
+    Box::pin(state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone() })).await;
     state.metrics.ws_connections.inc();
     state.metrics.ws_connects_total.inc();
 
@@ -108,10 +108,14 @@ pub async fn run(state: Arc<AppState>, user: AuthUser, mut socket: Session, mut 
         // A slow consumer's pipe is full: its close frame waits behind the queued frames until the
         // client reads on, so it gets longer to arrive than a normal close.
         let wait = if code == close_code::SLOW_CONSUMER { Duration::from_secs(10) } else { Duration::from_secs(1) };
-        let _ = tokio::time::timeout(wait, socket.close(Some(close))).await;
+        let _ = tokio::time::timeout(wait, Box::pin(socket.close(Some(close)))).await;
     }
-    match presence::session_closed(&state, conn.user.id, session_id).await {
-        Ok(true) => presence::announce(&state, conn.user.id, false).await,
+    Box::pin(leave_presence(&state, conn.user.id, session_id)).await;
+}
+
+async fn leave_presence(state: &AppState, user: Uuid, session_id: Uuid) {
+    match presence::session_closed(state, user, session_id).await {
+        Ok(true) => presence::announce(state, user, false).await,
         Ok(false) => {}
         Err(error) => tracing::warn!(%error, "presence: could not remove the session lease"),
     }
