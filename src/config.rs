@@ -159,6 +159,11 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_PRESENCE_TTL_S", default_value_t = 30)]
     pub presence_ttl_s: u64,
 
+    /// Presence transitions are pushed only to rooms with at most this many members (bigger rooms
+    /// would get one frame per member per connect); clients of bigger rooms ask with `presence`.
+    #[arg(long, env = "CHORUS_PRESENCE_MAX_ROOM", default_value_t = 100)]
+    pub presence_max_room: i64,
+
     /// While Redis is down, how often (ms) each node polls PostgreSQL for new messages in its rooms.
     #[arg(long, env = "CHORUS_DEGRADED_POLL_MS", default_value_t = 1000)]
     pub degraded_poll_ms: u64,

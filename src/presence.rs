@@ -118,16 +118,23 @@ pub async fn session_closed(state: &AppState, user: Uuid, session: Uuid) -> Resu
 }
 
 /// Tells the user's rooms about a transition, and records `last_seen_at` when they go offline.
+/// Rooms larger than `CHORUS_PRESENCE_MAX_ROOM` are left out: a transition there would be one frame
+/// per member for every member who connects (quadratic in the room's size); their clients ask with
+/// the `presence` command instead.
 pub async fn announce(state: &AppState, user: Uuid, online: bool) {
     let result: Result<(), crate::error::ApiError> = async {
         let mut conn = state.db_conn().await?;
-        if !online {
-            crate::db::users::touch_last_seen(&mut conn, user).await?;
-        }
-        let last_seen_at = crate::db::users::by_id(&mut conn, user).await?.and_then(|u| u.last_seen_at);
-        let rooms = crate::db::rooms::room_ids_of(&mut conn, user).await?;
+        let last_seen_at = if online {
+            crate::db::users::by_id(&mut conn, user).await?.and_then(|u| u.last_seen_at)
+        } else {
+            crate::db::users::touch_last_seen(&mut conn, user).await?
+        };
+        let max = state.settings.presence_max_room;
+        let rooms = crate::db::rooms::room_ids_for_presence(&mut conn, user, max).await?;
         drop(conn);
-        state.fanout.presence(user, online, last_seen_at, rooms).await;
+        if !rooms.is_empty() {
+            state.fanout.presence(user, online, last_seen_at, rooms).await;
+        }
         Ok(())
     }
     .await;

@@ -236,9 +236,24 @@ pub async fn last_seqs(conn: &mut DbConn, ids: &[Uuid]) -> Result<Vec<(Uuid, i64
         .await
 }
 
-/// Ids of the rooms `user` belongs to (presence fan-out).
-pub async fn room_ids_of(conn: &mut DbConn, user: Uuid) -> Result<Vec<Uuid>, Error> {
-    room_members::table.filter(room_members::user_id.eq(user)).select(room_members::room_id).load(conn).await
+#[derive(QueryableByName)]
+struct RoomIdOnly {
+    #[diesel(sql_type = SqlUuid)]
+    room_id: Uuid,
+}
+
+/// Rooms of `user` with at most `max_members` members: where presence transitions are pushed.
+pub async fn room_ids_for_presence(conn: &mut DbConn, user: Uuid, max_members: i64) -> Result<Vec<Uuid>, Error> {
+    let rows: Vec<RoomIdOnly> = diesel::sql_query(
+        "SELECT m.room_id FROM room_members m
+         WHERE m.user_id = $1
+           AND (SELECT count(*) FROM (SELECT 1 FROM room_members c WHERE c.room_id = m.room_id LIMIT $2 + 1) AS n) <= $2",
+    )
+    .bind::<SqlUuid, _>(user)
+    .bind::<BigInt, _>(max_members)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.room_id).collect())
 }
 
 /// Every live room of `user` with its head and the user's cursors (the `ready` event).

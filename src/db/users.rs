@@ -44,7 +44,13 @@ pub async fn search(conn: &mut DbConn, prefix: &str, after: Option<&str>, limit:
     query.load(conn).await
 }
 
-pub async fn touch_last_seen(conn: &mut DbConn, id: Uuid) -> Result<(), Error> {
-    diesel::update(users::table.find(id)).set(users::last_seen_at.eq(diesel::dsl::now)).execute(conn).await?;
-    Ok(())
+/// Sets `last_seen_at` to now and returns it.
+pub async fn touch_last_seen(conn: &mut DbConn, id: Uuid) -> Result<Option<chrono::DateTime<chrono::Utc>>, Error> {
+    diesel::update(users::table.find(id))
+        .set(users::last_seen_at.eq(diesel::dsl::now))
+        .returning(users::last_seen_at)
+        .get_result(conn)
+        .await
+        .optional()
+        .map(Option::flatten)
 }

@@ -342,3 +342,27 @@ async fn a_slow_consumer_is_cut_with_4008_while_a_fast_one_keeps_up() {
     let text = String::from_utf8_lossy(&metrics);
     assert!(text.contains("chorus_slow_consumer_closes_total 1"), "counted");
 }
+
+#[actix_web::test]
+async fn presence_is_pushed_to_small_rooms_only() {
+    let nodes = spawn_cluster(1, |s| s.presence_max_room = 2).await;
+    let alice = nodes[0].user("alice").await;
+    let bob = nodes[0].user("bob").await;
+    let carol = nodes[0].user("carol").await;
+    let big = nodes[0].room(&alice, "private").await;
+    nodes[0].add(&alice, big, &[&bob, &carol]).await;
+    let mut c = WsClient::connect(&nodes[0], &carol.token).await;
+    // Alice shares only the three-member room with Carol: over the limit, no push.
+    let a = WsClient::connect(&nodes[0], &alice.token).await;
+    assert!(c.quiet(Duration::from_millis(500), |v| v["event"] != "presence").await.is_none());
+    // A direct room (two members) is within it.
+    let direct = nodes[0].post("/api/v1/direct", &carol.token, json!({"user_id": alice.id})).await;
+    assert_eq!(direct.status.as_u16(), 201);
+    drop(a);
+    let gone = c.expect("presence", |v| v["event"] == "presence").await;
+    assert_eq!(gone["data"]["user_id"], json!(alice.id));
+    assert_eq!(gone["data"]["online"], false);
+    // Asking still works for any room size.
+    let asked = c.request("presence", json!({"user_ids": [bob.id]})).await;
+    assert_eq!(asked["result"][0]["online"], false);
+}
