@@ -244,6 +244,11 @@ impl Settings {
                 "CHORUS_MAX_MESSAGE_BYTES must be positive and smaller than CHORUS_MAX_FRAME_BYTES".into(),
             ));
         }
+        if self.auth_rate_per_min == 0 || self.presence_max_room < 0 {
+            return Err(ConfigError(
+                "CHORUS_AUTH_RATE_PER_MIN must be at least 1 and CHORUS_PRESENCE_MAX_ROOM at least 0 (0 turns presence pushes off)".into(),
+            ));
+        }
         if self.degraded_poll_ms < 50 {
             return Err(ConfigError("CHORUS_DEGRADED_POLL_MS must be at least 50".into()));
         }

@@ -56,10 +56,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             .get(actix_web::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
+        let limit = req.app_data::<web::Data<crate::startup::AppState>>().map_or(0, |s| s.settings.max_frame_bytes);
         let body = web::Bytes::from_request(req, payload);
         Box::pin(async move {
             let bytes = body.await.map_err(|e| match e.as_response_error().status_code() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(0),
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit),
                 _ => ApiError::field("body", e.to_string()),
             })?;
             if !json_type {
