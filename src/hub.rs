@@ -131,10 +131,6 @@ impl Hub {
         &self.bus
     }
 
-    pub fn queue_capacity(&self) -> usize {
-        self.queue_capacity
-    }
-
     pub fn session_count(&self) -> usize {
         self.read().sessions.len()
     }

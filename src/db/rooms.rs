@@ -135,10 +135,6 @@ pub async fn successor(conn: &mut DbConn, room_id: Uuid, leaving: Uuid) -> Resul
         .optional()
 }
 
-pub async fn member_ids(conn: &mut DbConn, room_id: Uuid) -> Result<Vec<Uuid>, Error> {
-    room_members::table.filter(room_members::room_id.eq(room_id)).select(room_members::user_id).load(conn).await
-}
-
 /// Field changes of a room; `password: Some(None)` removes protection.
 #[derive(Debug, Default, AsChangeset)]
 #[diesel(table_name = rooms)]

@@ -202,23 +202,19 @@ pub async fn update(state: &AppState, caller: Uuid, room_id: Uuid, req: UpdateRo
     Ok(room)
 }
 
-/// Closes the room; returns how many members it had (they get `room_deleted`).
-pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<usize> {
+/// Closes the room; its members hear `room_deleted` on the room's channel.
+pub async fn close(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<()> {
     let mut conn = state.db_conn().await?;
-    let members = conn
-        .transaction::<_, ApiError, _>(async |conn| {
-            let access = Access::load(conn, room_id, caller, true).await?;
-            access.group_only()?;
-            access.require(Role::Owner)?;
-            let members = q::member_ids(conn, room_id).await?;
-            q::close(conn, room_id).await?;
-            Ok(members)
-        })
-        .await
-        .map(|members| members.len())?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let access = Access::load(conn, room_id, caller, true).await?;
+        access.group_only()?;
+        access.require(Role::Owner)?;
+        Ok(q::close(conn, room_id).await?)
+    })
+    .await?;
     drop(conn);
     state.fanout.room_deleted(room_id).await;
-    Ok(members)
+    Ok(())
 }
 
 pub async fn transfer(state: &AppState, caller: Uuid, room_id: Uuid, new_owner: Uuid) -> ApiResult<Room> {
