@@ -259,6 +259,10 @@ async fn serve(
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => {}
                     Some(Ok(AggregatedMessage::Close(_))) | None => return End::Client,
+                    // A text frame that is not UTF-8 (actix-ws reports it as InvalidData): 1007.
+                    Some(Err(actix_ws::ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        return End::Code(1007, "protocol_error");
+                    }
                     // The connection dropped without a close frame: the client is gone, nothing to say.
                     Some(Err(actix_ws::ProtocolError::Io(_))) => return End::Client,
                     Some(Err(e)) => {
