@@ -107,7 +107,7 @@ pub async fn run(state: Arc<AppState>, user: AuthUser, mut socket: Session, mut 
         let close = CloseReason { code: CloseCode::from(code), description: Some(reason.to_owned()) };
         // A slow consumer's pipe is full: its close frame waits behind the queued frames until the
         // client reads on, so it gets longer to arrive than a normal close.
-        let wait = if code == close_code::SLOW_CONSUMER { Duration::from_secs(10) } else { Duration::from_secs(1) };
+        let wait = if code == close_code::SLOW_CONSUMER { Duration::from_secs(30) } else { Duration::from_secs(1) };
         let _ = tokio::time::timeout(wait, Box::pin(socket.close(Some(close)))).await;
     }
     Box::pin(leave_presence(&state, conn.user.id, session_id)).await;
