@@ -74,6 +74,25 @@ impl ApiError {
         ApiError::Validation(vec![FieldError::new(field, message)])
     }
 
+    /// A validation error naming the field serde stumbled on (`visibility`, `rooms[0].room_id`), or
+    /// `whole` when serde could not say.
+    pub fn from_serde<E: std::fmt::Display>(error: serde_path_to_error::Error<E>, whole: &str) -> Self {
+        let message = error.inner().to_string();
+        let path = error.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            // serde names a missing or unknown field only in its message: "missing field `name`".
+            message
+                .split('`')
+                .nth(1)
+                .filter(|_| message.contains("field"))
+                .map(str::to_owned)
+                .unwrap_or_else(|| whole.to_owned())
+        } else {
+            path
+        };
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         ApiError::Internal(Box::new(e))
     }

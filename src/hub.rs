@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use bytestring::ByteString;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use crate::bus::{unix_us, Bus, BusEvent, Envelope, Kind};
@@ -167,11 +167,26 @@ impl Hub {
     /// given one). Rooms new to this node are subscribed, then caught up from PostgreSQL so nothing
     /// committed between the read and the subscription is missed.
     pub async fn attach(&self, session: SessionId, rooms: &[(Uuid, i64)]) -> Vec<(Uuid, i64)> {
+        let (fresh, effective, confirmed) = self.join(&mut self.write(), session, rooms);
+        if !fresh.is_empty() {
+            let _ = confirmed.await;
+            self.catch_up(&fresh);
+        }
+        effective
+    }
+
+    /// Puts a session into rooms, under the caller's write lock. Returns the rooms new to this node,
+    /// the per-room stream positions, and the confirmation of the SUBSCRIBE for the new rooms, which
+    /// is requested here, under the lock, so it is ordered with every other subscription change.
+    fn join(
+        &self,
+        state: &mut State,
+        session: SessionId,
+        rooms: &[(Uuid, i64)],
+    ) -> (Vec<Uuid>, Vec<(Uuid, i64)>, oneshot::Receiver<bool>) {
         let mut fresh = Vec::new();
         let mut effective = Vec::with_capacity(rooms.len());
-        let confirmed = {
-            let mut state = self.write();
-            let Some((recipient, joined)) = state.sessions.get_mut(&session) else { return Vec::new() };
+        if let Some((recipient, joined)) = state.sessions.get_mut(&session) {
             let recipient = recipient.clone();
             joined.extend(rooms.iter().map(|(room, _)| *room));
             for &(room, baseline) in rooms {
@@ -182,15 +197,15 @@ impl Hub {
                 entry.recipients.insert(session, recipient.clone());
                 effective.push((room, baseline.max(entry.last_seq.load(Ordering::Acquire))));
             }
-            self.bus.subscribe_request(fresh.iter().map(|r| self.bus.channels.room(*r)).collect())
-        };
-        if !fresh.is_empty() {
-            let _ = confirmed.await;
-            for room in fresh {
-                self.shard(room).send(ShardWork::CatchUp { room }).ok();
-            }
         }
-        effective
+        let confirmed = self.bus.subscribe_request(fresh.iter().map(|r| self.bus.channels.room(*r)).collect());
+        (fresh, effective, confirmed)
+    }
+
+    fn catch_up(&self, rooms: &[Uuid]) {
+        for room in rooms {
+            self.shard(*room).send(ShardWork::CatchUp { room: *room }).ok();
+        }
     }
 
     /// Detaches a session from one room; unsubscribes the room if no local socket needs it.
@@ -252,7 +267,7 @@ impl Hub {
 
     /// Hands an envelope to this node's sockets. Called for everything the bus delivers, and for
     /// what this node published while the bus was down.
-    pub fn dispatch(&self, envelope: Envelope) {
+    pub fn dispatch(self: &Arc<Self>, envelope: Envelope) {
         let Envelope { header, frame } = envelope;
         match (header.kind, header.room_id) {
             (Kind::Message, Some(room)) => {
@@ -289,35 +304,26 @@ impl Hub {
         }
     }
 
-    fn add_user_to_room(&self, user: Uuid, room: Uuid, baseline: i64) {
-        let sessions: Vec<SessionId> =
-            self.read().users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        if sessions.is_empty() {
-            return;
-        }
-        let mut fresh = false;
+    fn add_user_to_room(self: &Arc<Self>, user: Uuid, room: Uuid, baseline: i64) {
         let mut state = self.write();
-        {
-            for session in &sessions {
-                let Some((recipient, joined)) = state.sessions.get_mut(session) else { continue };
-                let recipient = recipient.clone();
-                joined.insert(room);
-                let entry = state.rooms.entry(room).or_insert_with(|| {
-                    fresh = true;
-                    RoomEntry { recipients: HashMap::new(), last_seq: AtomicI64::new(baseline) }
-                });
-                entry.recipients.insert(*session, recipient);
-            }
+        let sessions: Vec<SessionId> = state.users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let mut fresh = Vec::new();
+        let mut confirmations = Vec::new();
+        for session in sessions {
+            let (new_rooms, _, confirmed) = self.join(&mut state, session, &[(room, baseline)]);
+            fresh.extend(new_rooms);
+            confirmations.push(confirmed);
         }
-        if fresh {
-            // This runs on the bus loop, which must not wait: subscribe (requested under the lock),
-            // then catch up from PostgreSQL in the background to close the window before it took effect.
-            let confirmed = self.bus.subscribe_request(vec![self.bus.channels.room(room)]);
-            drop(state);
-            let shard = self.shard(room).clone();
+        drop(state);
+        if !fresh.is_empty() {
+            // This runs on the bus loop, which must not wait: the catch-up that closes the window
+            // before the subscription took effect runs in the background.
+            let hub = self.clone();
             tokio::spawn(async move {
-                let _ = confirmed.await;
-                shard.send(ShardWork::CatchUp { room }).ok();
+                for confirmed in confirmations {
+                    let _ = confirmed.await;
+                }
+                hub.catch_up(&fresh);
             });
         }
     }
@@ -494,9 +500,7 @@ impl Hub {
     /// Queues a catch-up for every room with local listeners (after the bus reconnects).
     pub fn catch_up_all(&self) {
         let rooms: Vec<Uuid> = self.read().rooms.keys().copied().collect();
-        for room in rooms {
-            self.shard(room).send(ShardWork::CatchUp { room }).ok();
-        }
+        self.catch_up(&rooms);
     }
 }
 

@@ -10,25 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest};
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, FieldError};
-
-/// Turns a path-aware serde error into a validation error naming the field.
-fn named<E: std::fmt::Display>(error: serde_path_to_error::Error<E>, whole: &str) -> ApiError {
-    let message = error.inner().to_string();
-    let path = error.path().to_string();
-    let field = if path == "." || path.is_empty() {
-        // serde names a missing or unknown field only in its message: "missing field `name`".
-        message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.contains("field"))
-            .map(str::to_owned)
-            .unwrap_or_else(|| whole.to_owned())
-    } else {
-        path
-    };
-    ApiError::Validation(vec![FieldError::new(field, message)])
-}
+use crate::error::ApiError;
 
 /// A JSON request body.
 pub struct Json<T>(pub T);
@@ -67,7 +49,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
                 return Err(ApiError::field("body", "Content-Type must be application/json"));
             }
             let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-            serde_path_to_error::deserialize(&mut deserializer).map(Json).map_err(|e| named(e, "body"))
+            serde_path_to_error::deserialize(&mut deserializer).map(Json).map_err(|e| ApiError::from_serde(e, "body"))
         })
     }
 }
@@ -100,5 +82,5 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
 
 fn form_pairs<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-    serde_path_to_error::deserialize(deserializer).map_err(|e| named(e, "query"))
+    serde_path_to_error::deserialize(deserializer).map_err(|e| ApiError::from_serde(e, "query"))
 }

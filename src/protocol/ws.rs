@@ -60,11 +60,7 @@ impl ClientEvent {
         let mut envelope = serde_json::Map::with_capacity(2);
         envelope.insert("event".into(), Value::String(event.to_owned()));
         envelope.insert("data".into(), data);
-        serde_json::from_value(Value::Object(envelope)).map_err(|e| {
-            let message = e.to_string();
-            let field = message.split('`').nth(1).filter(|_| message.contains("field")).unwrap_or("data");
-            ApiError::field(field, message.clone())
-        })
+        serde_path_to_error::deserialize(Value::Object(envelope)).map_err(|e| ApiError::from_serde(e, "data"))
     }
 }
 
