@@ -75,20 +75,18 @@ port_in_use() {
 }
 
 # free_port: print a TCP port on 127.0.0.1 that nothing listens on right now.
-# Asking the kernel (bind to port 0) is race-free among our own callers only as
-# far as the kernel avoids handing the same ephemeral port out twice in a row,
-# which is good enough for starting throwaway services.
+# It is picked below the kernel's ephemeral range: outgoing connections (a node's own
+# to PostgreSQL and Redis included) are never given such a port, so one found free
+# stays free until our service binds it. (Port 0 handed out ephemeral ports, and a
+# node's outgoing connection once took the port its neighbour was about to bind.)
 free_port() {
-	local port i
-	if command -v python3 >/dev/null 2>&1 &&
-		port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null) &&
-		[[ $port =~ ^[0-9]+$ ]]; then
-		printf '%s\n' "$port"
-		return 0
+	local port i low=32768
+	if [[ -r /proc/sys/net/ipv4/ip_local_port_range ]]; then
+		read -r low _ </proc/sys/net/ipv4/ip_local_port_range || low=32768
 	fi
-	# No python: probe random ports below the usual ephemeral range.
-	for ((i = 0; i < 200; i++)); do
-		port=$((20000 + RANDOM % 12000))
+	((low > 12000)) || low=32768
+	for ((i = 0; i < 500; i++)); do
+		port=$((10000 + RANDOM % (low - 10000)))
 		if ! port_in_use "$port"; then
 			printf '%s\n' "$port"
 			return 0

@@ -2,6 +2,11 @@
 //! maps, keeps each room's live stream in `seq` order without gaps (filling from PostgreSQL when the
 //! bus delivers out of order or drops something), and hands frames to sockets with `try_send` only:
 //! it never waits on a socket, so one slow client cannot delay anyone else.
+//!
+//! The hub's tasks run on the node's control thread; the sockets live on the HTTP workers' threads.
+//! A message for a room is handed to each worker that has sockets in it as ONE batch, and the worker
+//! queues it to its own sockets: waking a task on another thread costs a system call and a context
+//! switch, and paying that once per worker instead of once per recipient is most of the fan-out's cost.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
@@ -20,13 +25,23 @@ use crate::protocol::Message;
 
 pub type SessionId = Uuid;
 
-/// What the hub queues for a socket.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A room's message; the session drops it if it already has this seq (e.g. from a `sync`).
-    Message { room: Uuid, seq: i64, frame: ByteString },
-    /// Any other frame.
-    Frame(ByteString),
+/// What the hub queues for a socket: one allocation per event, shared by every recipient. A queue slot
+/// is then one pointer, and a socket's queue block (32 slots, allocated when the socket opens, plus a
+/// second once it has carried 32 frames) costs a few hundred bytes instead of a few KiB.
+pub type Outbound = Arc<Queued>;
+
+#[derive(Debug)]
+pub struct Queued {
+    pub frame: ByteString,
+    /// For a room's message, `(room, seq)`: the session drops it if it already has this seq (e.g.
+    /// from a `sync`).
+    pub stream: Option<(Uuid, i64)>,
+}
+
+impl Queued {
+    fn frame(frame: &ByteString) -> Outbound {
+        Arc::new(Queued { frame: frame.clone(), stream: None })
+    }
 }
 
 /// Lets the hub (or a drain) tell a session task to close with a code, even while its queue is full.
@@ -50,12 +65,38 @@ impl SessionControl {
     }
 }
 
+/// An HTTP worker thread that has a delivery task (see [`Hub::add_worker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerId(usize);
+
 /// A local socket as the fan-out sees it.
 #[derive(Clone)]
 pub struct Recipient {
     pub user: Uuid,
     pub tx: mpsc::Sender<Outbound>,
     pub control: Arc<SessionControl>,
+    /// The worker thread the socket's task runs on; its frames are queued from there.
+    pub worker: WorkerId,
+}
+
+/// One frame for some of one worker's sockets, crossing threads in one piece.
+struct Delivery {
+    recipients: Vec<Recipient>,
+    item: Outbound,
+    ephemeral: bool,
+}
+
+/// Recipients of one frame, grouped by the worker thread their sockets run on.
+struct Batches(Vec<Vec<Recipient>>);
+
+impl Batches {
+    fn push(&mut self, recipient: &Recipient) {
+        let index = recipient.worker.0;
+        if index >= self.0.len() {
+            self.0.resize_with(index + 1, Vec::new);
+        }
+        self.0[index].push(recipient.clone());
+    }
 }
 
 struct RoomEntry {
@@ -84,6 +125,8 @@ pub struct Hub {
     /// Rooms are hashed onto these tasks: each room's messages are handled in order by one task,
     /// while different rooms proceed in parallel (and one room's gap fill does not stall the rest).
     shards: Vec<mpsc::UnboundedSender<ShardWork>>,
+    /// Per HTTP worker thread, its delivery task's inbox; indexed by [`WorkerId`].
+    workers: RwLock<Vec<mpsc::UnboundedSender<Delivery>>>,
     queue_capacity: usize,
 }
 
@@ -107,7 +150,15 @@ impl Hub {
             shards.push(tx);
             receivers.push(rx);
         }
-        let hub = Arc::new(Hub { state: RwLock::default(), bus, db, metrics, shards, queue_capacity });
+        let hub = Arc::new(Hub {
+            state: RwLock::default(),
+            bus,
+            db,
+            metrics,
+            shards,
+            workers: RwLock::default(),
+            queue_capacity,
+        });
         // The tasks hold weak references: when the node drops its hub, they end.
         for rx in receivers {
             tokio::spawn(shard_loop(Arc::downgrade(&hub), rx));
@@ -115,6 +166,39 @@ impl Hub {
         tokio::spawn(bus_loop(Arc::downgrade(&hub), bus_events));
         tokio::spawn(degraded_poller(Arc::downgrade(&hub), poll_interval));
         hub
+    }
+
+    /// Starts the delivery task of the calling thread, which must be an HTTP worker's (a
+    /// `LocalSet`): sockets whose tasks run on this thread get their frames queued from here.
+    pub fn add_worker(&self) -> WorkerId {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::task::spawn_local(worker_loop(rx, self.metrics.clone(), self.queue_capacity));
+        let mut workers = self.workers.write().unwrap_or_else(|e| e.into_inner());
+        workers.push(tx);
+        WorkerId(workers.len() - 1)
+    }
+
+    fn batches(&self) -> Batches {
+        Batches(Vec::new())
+    }
+
+    /// Hands each worker its share of a frame's recipients. The send fails only if that worker's
+    /// thread is gone; its sockets are then gone too, and queueing from here is harmless.
+    fn deliver(&self, batches: Batches, item: Outbound, ephemeral: bool) {
+        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
+        for (index, recipients) in batches.0.into_iter().enumerate() {
+            if recipients.is_empty() {
+                continue;
+            }
+            let delivery = Delivery { recipients, item: item.clone(), ephemeral };
+            let undelivered = match workers.get(index) {
+                Some(worker) => worker.send(delivery).err().map(|e| e.0),
+                None => Some(delivery),
+            };
+            if let Some(delivery) = undelivered {
+                queue_all(&self.metrics, self.queue_capacity, delivery);
+            }
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -348,70 +432,66 @@ impl Hub {
         }
     }
 
-    /// Queues a frame to one recipient. A full queue on a durable frame closes the socket (4008):
-    /// the client resyncs on reconnect. Ephemeral frames are shed once the queue is three-quarters full.
-    fn offer(&self, recipient: &Recipient, item: Outbound, ephemeral: bool) {
-        if admit(recipient.tx.capacity(), self.queue_capacity, ephemeral) == Admit::Shed {
-            self.metrics.fanout_shed_total.inc();
-            return;
-        }
-        match recipient.tx.try_send(item) {
-            Ok(()) => self.metrics.fanout_frames_total.inc(),
-            Err(mpsc::error::TrySendError::Full(_)) if ephemeral => self.metrics.fanout_shed_total.inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if recipient.control.close_code().is_none() {
-                    self.metrics.slow_consumer_closes_total.inc();
-                }
-                recipient.control.close(close_code::SLOW_CONSUMER);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
-    }
-
     fn deliver_room(&self, room: Uuid, frame: &ByteString, ephemeral: bool, skip_user: Option<Uuid>) {
-        let state = self.read();
-        let Some(entry) = state.rooms.get(&room) else { return };
-        for recipient in entry.recipients.values() {
-            if Some(recipient.user) != skip_user {
-                self.offer(recipient, Outbound::Frame(frame.clone()), ephemeral);
+        let mut batches = self.batches();
+        {
+            let state = self.read();
+            let Some(entry) = state.rooms.get(&room) else { return };
+            for recipient in entry.recipients.values() {
+                if Some(recipient.user) != skip_user {
+                    batches.push(recipient);
+                }
             }
         }
+        self.deliver(batches, Queued::frame(frame), ephemeral);
     }
 
     fn deliver_user(&self, user: Uuid, frame: &ByteString) {
-        let state = self.read();
-        let Some(sessions) = state.users.get(&user) else { return };
-        for session in sessions {
-            if let Some((recipient, _)) = state.sessions.get(session) {
-                self.offer(recipient, Outbound::Frame(frame.clone()), false);
+        let mut batches = self.batches();
+        {
+            let state = self.read();
+            let Some(sessions) = state.users.get(&user) else { return };
+            for session in sessions {
+                if let Some((recipient, _)) = state.sessions.get(session) {
+                    batches.push(recipient);
+                }
             }
         }
+        self.deliver(batches, Queued::frame(frame), false);
     }
 
     /// A presence change goes once to each local session that shares a room with the user.
     fn deliver_presence(&self, rooms: &[Uuid], user: Option<Uuid>, frame: &ByteString) {
-        let state = self.read();
-        let mut seen = HashSet::new();
-        for room in rooms {
-            let Some(entry) = state.rooms.get(room) else { continue };
-            for (session, recipient) in &entry.recipients {
-                if Some(recipient.user) != user && seen.insert(*session) {
-                    self.offer(recipient, Outbound::Frame(frame.clone()), true);
+        let mut batches = self.batches();
+        {
+            let state = self.read();
+            let mut seen = HashSet::new();
+            for room in rooms {
+                let Some(entry) = state.rooms.get(room) else { continue };
+                for (session, recipient) in &entry.recipients {
+                    if Some(recipient.user) != user && seen.insert(*session) {
+                        batches.push(recipient);
+                    }
                 }
             }
         }
+        self.deliver(batches, Queued::frame(frame), true);
     }
 
     /// Hands a room's message to its local sockets and advances the room's stream.
     fn deliver_message(&self, room: Uuid, seq: i64, frame: &ByteString, at_us: i64) {
-        let state = self.read();
-        let Some(entry) = state.rooms.get(&room) else { return };
-        if entry.last_seq.fetch_max(seq, Ordering::AcqRel) >= seq {
-            return;
+        let mut batches = self.batches();
+        {
+            let state = self.read();
+            let Some(entry) = state.rooms.get(&room) else { return };
+            if entry.last_seq.fetch_max(seq, Ordering::AcqRel) >= seq {
+                return;
+            }
+            for recipient in entry.recipients.values() {
+                batches.push(recipient);
+            }
         }
-        for recipient in entry.recipients.values() {
-            self.offer(recipient, Outbound::Message { room, seq, frame: frame.clone() }, false);
-        }
+        self.deliver(batches, Arc::new(Queued { frame: frame.clone(), stream: Some((room, seq)) }), false);
         self.metrics.fanout_latency_seconds.observe((unix_us() - at_us).max(0) as f64 / 1e6);
     }
 
@@ -518,6 +598,43 @@ fn admit(free_slots: usize, capacity: usize, ephemeral: bool) -> Admit {
         Admit::Shed
     } else {
         Admit::Queue
+    }
+}
+
+/// One HTTP worker's delivery task: queues each batch to its sockets, on their own thread.
+async fn worker_loop(mut inbox: mpsc::UnboundedReceiver<Delivery>, metrics: Arc<Metrics>, queue_capacity: usize) {
+    let mut batch = Vec::new();
+    while inbox.recv_many(&mut batch, 64).await > 0 {
+        for delivery in batch.drain(..) {
+            queue_all(&metrics, queue_capacity, delivery);
+        }
+    }
+}
+
+fn queue_all(metrics: &Metrics, queue_capacity: usize, delivery: Delivery) {
+    let Delivery { recipients, item, ephemeral } = delivery;
+    for recipient in &recipients {
+        offer(metrics, queue_capacity, recipient, item.clone(), ephemeral);
+    }
+}
+
+/// Queues a frame to one recipient. A full queue on a durable frame closes the socket (4008):
+/// the client resyncs on reconnect. Ephemeral frames are shed once the queue is three-quarters full.
+fn offer(metrics: &Metrics, queue_capacity: usize, recipient: &Recipient, item: Outbound, ephemeral: bool) {
+    if admit(recipient.tx.capacity(), queue_capacity, ephemeral) == Admit::Shed {
+        metrics.fanout_shed_total.inc();
+        return;
+    }
+    match recipient.tx.try_send(item) {
+        Ok(()) => metrics.fanout_frames_total.inc(),
+        Err(mpsc::error::TrySendError::Full(_)) if ephemeral => metrics.fanout_shed_total.inc(),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            if recipient.control.close_code().is_none() {
+                metrics.slow_consumer_closes_total.inc();
+            }
+            recipient.control.close(close_code::SLOW_CONSUMER);
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
 

@@ -8,7 +8,25 @@ use chorus::config::{Cli, Command};
 use chorus::startup::Application;
 use chorus::{db, telemetry};
 
+/// Allocations of 8 KiB and more get their own mappings instead of a slot in glibc's heap. Every
+/// socket carries actix-http's 8 KiB read and 8 KiB write buffers (fixed in its HTTP/1 dispatcher);
+/// an idle socket fills only the first page of each. From the heap, the buffers land in memory that
+/// the connection set-up's short-lived allocations already touched, so all of it counts as resident;
+/// mapped on their own, only the pages data reached do. Measured on 5,000 idle sockets: 25.4 KiB RSS
+/// per connection before, 20.3 KiB after (docs/BENCHMARKS.md).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only adjusts glibc's allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8192);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     // A missing .env is normal; a malformed one is worth a word but not a refusal to start.
     if let Err(e) = dotenvy::dotenv() {
         if !e.not_found() {

@@ -171,8 +171,11 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, Star
     let workers = state.settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let grace = state.settings.shutdown_grace_s;
     let server = HttpServer::new(move || {
+        // Called once on each worker thread: the worker's own delivery task for its sockets.
+        let worker = state.hub.add_worker();
         App::new()
             .app_data(state.clone())
+            .app_data(web::Data::new(worker))
             .configure(http::configure(state.settings.max_frame_bytes))
             .wrap(actix_web::middleware::from_fn(telemetry::request_span))
     })

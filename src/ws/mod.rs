@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::auth::{bearer_token, query_token, AuthUser};
 use crate::error::ApiError;
+use crate::hub::WorkerId;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -17,7 +18,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// `error` event and the socket stays up; beyond it the protocol itself gives up (close 1009).
 const HARD_FRAME_CAP: usize = 1024 * 1024;
 
-async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    worker: web::Data<WorkerId>,
+) -> Result<HttpResponse, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::Unavailable("this node is draining".into()));
     }
@@ -29,6 +35,6 @@ async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<AppState
         actix_ws::handle(&req, body).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
     let max = state.settings.max_frame_bytes.max(HARD_FRAME_CAP);
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
-    actix_web::rt::spawn(session::run(state.into_inner(), user, socket, stream));
+    actix_web::rt::spawn(session::run(state.into_inner(), user, **worker, socket, stream));
     Ok(response)
 }

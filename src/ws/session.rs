@@ -15,7 +15,7 @@ use super::commands;
 use crate::auth::tokens::unix_now;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::hub::{Outbound, Recipient, SessionControl};
+use crate::hub::{Outbound, Recipient, SessionControl, WorkerId};
 use crate::presence;
 use crate::protocol::ws::{
     close_code, ClientEvent, ErrorEvent, RawFrame, Ready, ReadyRoom, Reply, ServerEvent, CLIENT_EVENTS,
@@ -70,11 +70,17 @@ impl TokenBucket {
     }
 }
 
-pub async fn run(state: Arc<AppState>, user: AuthUser, mut socket: Session, mut stream: AggregatedMessageStream) {
+pub async fn run(
+    state: Arc<AppState>,
+    user: AuthUser,
+    worker: WorkerId,
+    mut socket: Session,
+    mut stream: AggregatedMessageStream,
+) {
     let session_id = Uuid::now_v7();
     let (tx, mut rx) = mpsc::channel::<Outbound>(state.settings.ws_queue);
     let control = Arc::new(SessionControl::default());
-    Box::pin(state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone() })).await;
+    Box::pin(state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone(), worker })).await;
     state.metrics.ws_connections.inc();
     state.metrics.ws_connects_total.inc();
 
@@ -164,10 +170,15 @@ async fn send_ready(conn: &mut Connection, socket: &mut Session) -> Result<(), A
 /// Writes a frame unless a close request comes first (a client that stopped reading would
 /// otherwise hold this task in the write forever).
 async fn write(socket: &mut Session, control: &SessionControl, frame: ByteString) -> Result<(), End> {
+    if control.close_code().is_some() {
+        return Err(closing(control));
+    }
+    // The write is polled first: it almost always has room and finishes at once, and then the close
+    // request's waiter is never registered (that costs a lock on every frame otherwise).
     tokio::select! {
         biased;
-        _ = control.notify.notified() => Err(closing(control)),
         result = socket.text(frame) => result.map_err(|_| End::Client),
+        _ = control.notify.notified() => Err(closing(control)),
     }
 }
 
@@ -220,18 +231,14 @@ async fn serve(
                 }
                 // Everything queued is written in one turn of the loop.
                 for item in batch.drain(..) {
-                    let frame = match item {
-                        Outbound::Message { room, seq, frame } => {
-                            let delivered = conn.delivered.entry(room).or_insert(0);
-                            if seq <= *delivered {
-                                continue;
-                            }
-                            *delivered = seq;
-                            frame
+                    if let Some((room, seq)) = item.stream {
+                        let delivered = conn.delivered.entry(room).or_insert(0);
+                        if seq <= *delivered {
+                            continue;
                         }
-                        Outbound::Frame(frame) => frame,
-                    };
-                    if let Err(end) = write(socket, control, frame).await {
+                        *delivered = seq;
+                    }
+                    if let Err(end) = write(socket, control, item.frame.clone()).await {
                         return end;
                     }
                 }
