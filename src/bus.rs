@@ -148,12 +148,12 @@ pub struct Bus {
 impl Bus {
     /// Starts the subscriber task; events for the hub arrive on the returned receiver.
     pub fn start(
-        redis_url: &str,
+        redis: redis::ConnectionInfo,
         prefix: &str,
         pool: deadpool_redis::Pool,
         metrics: Arc<Metrics>,
     ) -> Result<(Bus, mpsc::UnboundedReceiver<BusEvent>), String> {
-        let client = redis::Client::open(redis_url).map_err(|e| format!("REDIS_URL is not usable: {e}"))?;
+        let client = redis::Client::open(redis).map_err(|e| format!("REDIS_URL is not usable: {e}"))?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
@@ -202,7 +202,9 @@ impl Bus {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let pooled = self.pool.get().await.map_err(|e| e.to_string())?;
+        // Boxed: connecting is a large future, and only this rare path needs it. Inline, it would make
+        // every publish (and every command future that publishes) several KiB bigger.
+        let pooled = Box::pin(self.pool.get()).await.map_err(|e| e.to_string())?;
         let conn = deadpool_redis::Connection::take(pooled);
         *slot = Some(conn.clone());
         Ok(conn)

@@ -32,7 +32,7 @@ pub async fn online_among(state: &AppState, users: &[Uuid]) -> HashSet<Uuid> {
         pipe.cmd("ZCOUNT").arg(presence_key(&state.settings.redis_prefix, *user)).arg(now).arg("+inf");
     }
     let counts: Result<Vec<i64>, String> = async {
-        let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+        let mut conn = redis_conn(state).await?;
         pipe.query_async(&mut *conn).await.map_err(|e| e.to_string())
     }
     .await;
@@ -87,7 +87,7 @@ pub async fn session_opened(state: &AppState, user: Uuid, session: Uuid) -> Resu
     let prefix = &state.settings.redis_prefix;
     let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
     let now = unix_ms();
-    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    let mut conn = redis_conn(state).await?;
     let before: i64 = redis::Script::new(OPEN_SCRIPT)
         .key(presence_key(prefix, user))
         .key(node_sessions_key(prefix, state.settings.node_id()))
@@ -104,7 +104,7 @@ pub async fn session_opened(state: &AppState, user: Uuid, session: Uuid) -> Resu
 
 pub async fn session_closed(state: &AppState, user: Uuid, session: Uuid) -> Result<bool, String> {
     let prefix = &state.settings.redis_prefix;
-    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    let mut conn = redis_conn(state).await?;
     let remaining: i64 = redis::Script::new(CLOSE_SCRIPT)
         .key(presence_key(prefix, user))
         .key(node_sessions_key(prefix, state.settings.node_id()))
@@ -173,7 +173,7 @@ async fn renew(state: &AppState) -> Result<(), String> {
         pipe.cmd("PEXPIRE").arg(presence_key(prefix, *user)).arg(ttl_ms * 4).ignore();
         pipe.cmd("SADD").arg(node_sessions_key(prefix, state.settings.node_id())).arg(member(*user, *session)).ignore();
     }
-    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    let mut conn = redis_conn(state).await?;
     pipe.query_async::<()>(&mut *conn).await.map_err(|e| e.to_string())?;
     state.metrics.presence_heartbeats_total.inc_by(sessions.len() as u64);
     Ok(())
@@ -185,7 +185,7 @@ async fn sweep_dead_nodes(state: &AppState) -> Result<(), String> {
     let prefix = &state.settings.redis_prefix;
     let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
     let now = unix_ms();
-    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    let mut conn = redis_conn(state).await?;
     let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(nodes_key(prefix))
         .arg("-inf")
@@ -250,4 +250,10 @@ async fn sweep_dead_nodes(state: &AppState) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A pooled Redis connection. Boxed: the checkout future holds a whole connection set-up in case the
+/// pool has to open one, and inline it would make every caller's future several KiB larger.
+async fn redis_conn(state: &AppState) -> Result<deadpool_redis::Connection, String> {
+    Box::pin(state.redis.get()).await.map_err(|e| e.to_string())
 }
