@@ -13,7 +13,7 @@ use chorus::{db, telemetry};
 /// an idle socket fills only the first page of each. From the heap, the buffers land in memory that
 /// the connection set-up's short-lived allocations already touched, so all of it counts as resident;
 /// mapped on their own, only the pages data reached do. Measured on 5,000 idle sockets: 25.4 KiB RSS
-/// per connection before, 20.3 KiB after (docs/BENCHMARKS.md).
+/// per connection before, 21.0 KiB after (docs/BENCHMARKS.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     // SAFETY: mallopt only adjusts glibc's allocator parameters; called before any other thread runs.
