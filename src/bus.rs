@@ -136,10 +136,10 @@ enum Command {
 pub struct Bus {
     pub channels: Channels,
     pool: deadpool_redis::Pool,
-    /// One multiplexed connection taken from the pool and kept for publishing: concurrent PUBLISHes
-    /// pipeline on it, and the pool's per-checkout health check (UNWATCH + PING, a round trip) is
-    /// paid once rather than for every message. Replaced from the pool after an error.
-    publisher: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    /// One multiplexed connection taken from the pool and kept for PUBLISH and presence: concurrent
+    /// commands pipeline on it, and the pool's per-checkout health check (UNWATCH + PING, a round
+    /// trip) is paid once rather than for every command. Replaced from the pool after an error.
+    shared: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -167,7 +167,7 @@ impl Bus {
             metrics: metrics.clone(),
         };
         tokio::spawn(subscriber.run());
-        Ok((Bus { channels, pool, publisher: Arc::default(), commands, connected, metrics }, event_rx))
+        Ok((Bus { channels, pool, shared: Arc::default(), commands, connected, metrics }, event_rx))
     }
 
     pub fn is_connected(&self) -> bool {
@@ -179,10 +179,10 @@ impl Bus {
     pub async fn publish(&self, channel: &str, envelope: &Envelope) -> bool {
         let payload = envelope.encode();
         let result: Result<i64, String> = async {
-            let mut conn = self.publisher().await?;
+            let mut conn = self.connection().await?;
             let sent = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut conn).await;
             if sent.is_err() {
-                *self.publisher.lock().await = None;
+                *self.shared.lock().await = None;
             }
             sent.map_err(|e| e.to_string())
         }
@@ -197,8 +197,20 @@ impl Bus {
         }
     }
 
-    async fn publisher(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        let mut slot = self.publisher.lock().await;
+    /// Forgets the shared connection after an error that broke it; the next caller takes a fresh one.
+    /// (If another task holds the slot right now, it is already replacing or using it.)
+    pub fn forget_connection_if_broken(&self, error: &redis::RedisError) {
+        if error.is_unrecoverable_error() || error.is_io_error() || error.is_connection_dropped() {
+            if let Ok(mut slot) = self.shared.try_lock() {
+                *slot = None;
+            }
+        }
+    }
+
+    /// The node's shared command connection: multiplexed, so concurrent commands (every PUBLISH,
+    /// presence) pipeline on it without a pool checkout each.
+    pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let mut slot = self.shared.lock().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }

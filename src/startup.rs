@@ -71,7 +71,12 @@ impl AppState {
         let redis_info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())
             .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let redis_manager = deadpool_redis::Manager::new(redis_info.clone())
+        // redis-rs gives up on a reply after 500 ms by default. A node that is busy (a storm of
+        // sockets closing at once) polls late, not Redis answering late; wait as long as for a pool.
+        let redis_timeouts = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(settings.db_pool_timeout()))
+            .set_connection_timeout(Some(settings.db_pool_timeout()));
+        let redis_manager = deadpool_redis::Manager::new_with_config(redis_info.clone(), redis_timeouts)
             .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
         let redis = deadpool_redis::Pool::builder(redis_manager)
             .max_size(settings.redis_pool_size)
