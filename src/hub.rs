@@ -6,7 +6,7 @@
 //! The hub's tasks run on the node's control thread; the sockets live on the HTTP workers' threads.
 //! A message for a room is handed to each worker that has sockets in it as ONE batch, and the worker
 //! queues it to its own sockets: waking a task on another thread costs a system call and a context
-//! switch, and paying that once per worker instead of once per recipient is most of the fan-out's cost.
+//! switch, paid once per worker instead of once per recipient.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
@@ -87,6 +87,7 @@ struct Delivery {
 }
 
 /// Recipients of one frame, grouped by the worker thread their sockets run on.
+#[derive(Default)]
 struct Batches(Vec<Vec<Recipient>>);
 
 impl Batches {
@@ -176,10 +177,6 @@ impl Hub {
         let mut workers = self.workers.write().unwrap_or_else(|e| e.into_inner());
         workers.push(tx);
         WorkerId(workers.len() - 1)
-    }
-
-    fn batches(&self) -> Batches {
-        Batches(Vec::new())
     }
 
     /// Hands each worker its share of a frame's recipients. The send fails only if that worker's
@@ -433,7 +430,7 @@ impl Hub {
     }
 
     fn deliver_room(&self, room: Uuid, frame: &ByteString, ephemeral: bool, skip_user: Option<Uuid>) {
-        let mut batches = self.batches();
+        let mut batches = Batches::default();
         {
             let state = self.read();
             let Some(entry) = state.rooms.get(&room) else { return };
@@ -447,7 +444,7 @@ impl Hub {
     }
 
     fn deliver_user(&self, user: Uuid, frame: &ByteString) {
-        let mut batches = self.batches();
+        let mut batches = Batches::default();
         {
             let state = self.read();
             let Some(sessions) = state.users.get(&user) else { return };
@@ -462,7 +459,7 @@ impl Hub {
 
     /// A presence change goes once to each local session that shares a room with the user.
     fn deliver_presence(&self, rooms: &[Uuid], user: Option<Uuid>, frame: &ByteString) {
-        let mut batches = self.batches();
+        let mut batches = Batches::default();
         {
             let state = self.read();
             let mut seen = HashSet::new();
@@ -480,7 +477,7 @@ impl Hub {
 
     /// Hands a room's message to its local sockets and advances the room's stream.
     fn deliver_message(&self, room: Uuid, seq: i64, frame: &ByteString, at_us: i64) {
-        let mut batches = self.batches();
+        let mut batches = Batches::default();
         {
             let state = self.read();
             let Some(entry) = state.rooms.get(&room) else { return };
