@@ -111,11 +111,13 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
 
-    /// How long a request waits for a pooled PostgreSQL connection before answering 503, in ms.
+    /// How long a request waits for a pooled PostgreSQL connection before answering 503, in ms; also
+    /// how long a Redis connection or reply may take.
     #[arg(long, env = "CHORUS_DB_POOL_TIMEOUT_MS", default_value_t = 5000)]
     pub db_pool_timeout_ms: u64,
 
-    /// Maximum Redis connections in this node's publish pool.
+    /// Maximum Redis connections in this node's pool (readiness checks; the shared PUBLISH and
+    /// presence connection is taken from it).
     #[arg(long, env = "CHORUS_REDIS_POOL_SIZE", default_value_t = 16)]
     pub redis_pool_size: usize,
 
