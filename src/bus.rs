@@ -146,13 +146,14 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Starts the subscriber task; events for the hub arrive on the returned receiver.
-    pub fn start(
+    /// Builds the bus and its subscriber, which does not run yet: the node starts it on the thread
+    /// that serves its sockets (`startup::NodeTasks`). Events for the hub arrive on the receiver.
+    pub fn new(
         redis: redis::ConnectionInfo,
         prefix: &str,
         pool: deadpool_redis::Pool,
         metrics: Arc<Metrics>,
-    ) -> Result<(Bus, mpsc::UnboundedReceiver<BusEvent>), String> {
+    ) -> Result<(Bus, Subscriber, mpsc::UnboundedReceiver<BusEvent>), String> {
         let client = redis::Client::open(redis).map_err(|e| format!("REDIS_URL is not usable: {e}"))?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
@@ -166,8 +167,7 @@ impl Bus {
             connected: connected.clone(),
             metrics: metrics.clone(),
         };
-        tokio::spawn(subscriber.run());
-        Ok((Bus { channels, pool, shared: Arc::default(), commands, connected, metrics }, event_rx))
+        Ok((Bus { channels, pool, shared: Arc::default(), commands, connected, metrics }, subscriber, event_rx))
     }
 
     pub fn is_connected(&self) -> bool {
@@ -249,8 +249,9 @@ impl Bus {
     }
 }
 
-/// The one pub/sub connection of this node, reconnecting with backoff.
-struct Subscriber {
+/// The one pub/sub connection of this node, reconnecting with backoff. [`Subscriber::run`] is its
+/// task; until it runs, (un)subscribe requests wait in its inbox.
+pub struct Subscriber {
     client: redis::Client,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<BusEvent>,
@@ -261,7 +262,7 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    async fn run(mut self) {
+    pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.connect_and_serve().await {

@@ -3,10 +3,11 @@
 //! bus delivers out of order or drops something), and hands frames to sockets with `try_send` only:
 //! it never waits on a socket, so one slow client cannot delay anyone else.
 //!
-//! The hub's tasks run on the node's control thread; the sockets live on the HTTP workers' threads.
-//! A message for a room is handed to each worker that has sockets in it as ONE batch, and the worker
-//! queues it to its own sockets: waking a task on another thread costs a system call and a context
-//! switch, paid once per worker instead of once per recipient.
+//! The hub's tasks run on the first HTTP worker's thread (see `startup::NodeTasks`); with one worker
+//! per node, a message goes from the pub/sub connection to the sockets without changing threads.
+//! With more workers, a message for a room is handed to each worker that has sockets in it as ONE
+//! batch, and the worker queues it to its own sockets: waking a task on another thread costs a
+//! system call and a context switch, paid once per worker instead of once per recipient.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
@@ -131,19 +132,39 @@ pub struct Hub {
     queue_capacity: usize,
 }
 
+/// The hub's tasks, built but not yet running.
+pub struct HubTasks {
+    shards: Vec<mpsc::UnboundedReceiver<ShardWork>>,
+    bus_events: mpsc::UnboundedReceiver<BusEvent>,
+    poll_interval: Duration,
+}
+
+impl HubTasks {
+    /// Spawns the tasks on the current runtime. They hold weak references: when the node drops its
+    /// hub, they end.
+    pub fn spawn(self, hub: &Arc<Hub>) {
+        for rx in self.shards {
+            tokio::spawn(shard_loop(Arc::downgrade(hub), rx));
+        }
+        tokio::spawn(bus_loop(Arc::downgrade(hub), self.bus_events));
+        tokio::spawn(degraded_poller(Arc::downgrade(hub), self.poll_interval));
+    }
+}
+
 const SHARDS: usize = 8;
 const FILL_BATCH: i64 = 500;
 
 impl Hub {
-    /// Starts the hub's tasks: the bus event loop, the room shards, the degraded-mode poller.
-    pub fn start(
+    /// Builds the hub. Its tasks (the bus event loop, the room shards, the degraded-mode poller) do
+    /// not run yet: the node starts them with [`HubTasks::spawn`] on the thread that serves its sockets.
+    pub fn new(
         bus: Bus,
         bus_events: mpsc::UnboundedReceiver<BusEvent>,
         db: DbPool,
         metrics: Arc<Metrics>,
         queue_capacity: usize,
         poll_interval: Duration,
-    ) -> Arc<Hub> {
+    ) -> (Arc<Hub>, HubTasks) {
         let mut shards = Vec::with_capacity(SHARDS);
         let mut receivers = Vec::with_capacity(SHARDS);
         for _ in 0..SHARDS {
@@ -160,13 +181,7 @@ impl Hub {
             workers: RwLock::default(),
             queue_capacity,
         });
-        // The tasks hold weak references: when the node drops its hub, they end.
-        for rx in receivers {
-            tokio::spawn(shard_loop(Arc::downgrade(&hub), rx));
-        }
-        tokio::spawn(bus_loop(Arc::downgrade(&hub), bus_events));
-        tokio::spawn(degraded_poller(Arc::downgrade(&hub), poll_interval));
-        hub
+        (hub, HubTasks { shards: receivers, bus_events, poll_interval })
     }
 
     /// Starts the delivery task of the calling thread, which must be an HTTP worker's (a

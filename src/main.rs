@@ -40,9 +40,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     telemetry::init(settings.log_format);
-    // The HTTP workers run their own single-threaded runtimes; this one only carries the bus, the
-    // hub's shards and timers, so one thread is enough and leaves the cores to the workers.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+    // The HTTP workers run their own single-threaded runtimes, and the node's tasks run on the first
+    // of them (`startup::NodeTasks`); this one only migrates, binds, and waits for the drain signal.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("chorus: cannot start the async runtime: {e}");

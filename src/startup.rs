@@ -34,6 +34,32 @@ pub struct AppState {
     pub auth_limiter: crate::ratelimit::RateLimiter,
     /// Set on SIGTERM: `/readyz` fails at once so the load balancer stops sending new clients.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The node's background tasks until the first HTTP worker starts them (see [`NodeTasks`]).
+    node_tasks: std::sync::Mutex<Option<NodeTasks>>,
+}
+
+/// The node's long-lived tasks: the pub/sub reader, the hub's room shards and poller, presence
+/// upkeep. They run on the first HTTP worker's thread, not on a runtime of their own: a message's
+/// whole path (the sender's frame, the INSERT, the PUBLISH, the pub/sub read, the writes to the
+/// recipients' sockets) then stays on one thread when a node has one worker, and every hand-off is
+/// a task switch instead of a thread wake-up (a system call and a context switch each; ~6 per
+/// message per node were measured before this). The connections those tasks open (PostgreSQL,
+/// Redis) drive their I/O on that thread too.
+struct NodeTasks {
+    subscriber: crate::bus::Subscriber,
+    hub: crate::hub::HubTasks,
+}
+
+impl AppState {
+    /// Starts the node's tasks on the calling thread's runtime, once; later calls do nothing.
+    fn start_node_tasks(state: &web::Data<AppState>) {
+        let tasks = state.node_tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(NodeTasks { subscriber, hub }) = tasks {
+            tokio::spawn(subscriber.run());
+            hub.spawn(&state.hub);
+            tokio::spawn(crate::presence::maintain(state.clone()));
+        }
+    }
 }
 
 impl AppState {
@@ -90,9 +116,9 @@ impl AppState {
         let passwords =
             PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations).map_err(StartupError)?;
         let metrics = Arc::new(Metrics::new(settings.node_id()).map_err(|e| StartupError(e.to_string()))?);
-        let (bus, bus_events) =
-            Bus::start(redis_info, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
-        let hub = Hub::start(
+        let (bus, subscriber, bus_events) =
+            Bus::new(redis_info, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
+        let (hub, hub_tasks) = Hub::new(
             bus.clone(),
             bus_events,
             db.clone(),
@@ -113,6 +139,7 @@ impl AppState {
             fanout,
             auth_limiter: crate::ratelimit::RateLimiter::per_minute(settings_rate),
             draining: Default::default(),
+            node_tasks: std::sync::Mutex::new(Some(NodeTasks { subscriber, hub: hub_tasks })),
         })
     }
 }
@@ -134,7 +161,6 @@ impl Application {
         })?;
         let state = web::Data::new(AppState::build(settings)?);
         check_redis(&state).await?;
-        tokio::spawn(crate::presence::maintain(state.clone()));
         let listener = TcpListener::bind(state.settings.bind)
             .map_err(|e| StartupError(format!("cannot listen on CHORUS_BIND={}: {e}", state.settings.bind)))?;
         let port = listener.local_addr().map_err(|e| StartupError(e.to_string()))?.port();
@@ -175,8 +201,11 @@ impl Application {
 
 async fn check_redis(state: &AppState) -> Result<(), StartupError> {
     let fail = |e: String| StartupError(format!("cannot reach Redis at REDIS_URL (is it running?): {e}"));
-    let mut conn = state.redis.get().await.map_err(|e| fail(e.to_string()))?;
-    deadpool_redis::redis::cmd("PING").query_async::<String>(&mut *conn).await.map_err(|e| fail(e.to_string()))?;
+    let conn = state.redis.get().await.map_err(|e| fail(e.to_string()))?;
+    // Taken out of the pool, not returned to it: this connection's I/O runs on the start-up runtime,
+    // and the node's traffic belongs on the workers' threads (see `NodeTasks`).
+    let mut conn = deadpool_redis::Connection::take(conn);
+    deadpool_redis::redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| fail(e.to_string()))?;
     Ok(())
 }
 
@@ -184,7 +213,10 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, Star
     let workers = state.settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let grace = state.settings.shutdown_grace_s;
     let server = HttpServer::new(move || {
-        // Called once on each worker thread: the worker's own delivery task for its sockets.
+        // Called once on each worker thread: the worker's own delivery task for its sockets, and on
+        // the first one, the node's tasks. (actix-web restarts a worker only if its thread dies,
+        // which a panic in a handler or a socket's task does not do: tokio contains it in the task.)
+        AppState::start_node_tasks(&state);
         let worker = state.hub.add_worker();
         App::new()
             .app_data(state.clone())
