@@ -60,6 +60,9 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             if sync.rooms.len() > 500 {
                 return Err(ApiError::field("rooms", "at most 500 rooms per sync"));
             }
+            // No live frame goes out while the replay is read: the positions set below decide which
+            // of them the client already has (the session releases the hold once the replay is queued).
+            conn.out.hold();
             let mut rooms_out = Vec::with_capacity(sync.rooms.len());
             for room in sync.rooms {
                 let (replay, has_more) =
@@ -70,7 +73,8 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
                     last = message.seq;
                     frames.push(ServerEvent::Message(message).to_frame().into());
                 }
-                let delivered = conn.delivered.entry(room.room_id).or_insert(0);
+                let mut positions = conn.out.delivered();
+                let delivered = positions.entry(room.room_id).or_insert(0);
                 *delivered = (*delivered).max(last);
                 rooms_out.push(json!({"room_id": room.room_id, "last_seq": last, "has_more": has_more}));
             }
@@ -85,7 +89,7 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             // event attaches the user's other sockets on every node.
             let effective = state.hub.attach(conn.session_id, &[(room.id, room.last_seq)]).await;
             for (room_id, last) in effective {
-                conn.delivered.entry(room_id).or_insert(last);
+                conn.out.delivered().entry(room_id).or_insert(last);
             }
             to_value(&room)
         }

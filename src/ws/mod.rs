@@ -2,7 +2,9 @@
 
 mod commands;
 mod session;
+mod wire;
 
+use actix_http::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::auth::{bearer_token, query_token, AuthUser};
@@ -20,7 +22,7 @@ const HARD_FRAME_CAP: usize = 1024 * 1024;
 
 async fn upgrade(
     req: HttpRequest,
-    body: web::Payload,
+    payload: web::Payload,
     state: web::Data<AppState>,
     worker: web::Data<WorkerId>,
 ) -> Result<HttpResponse, ApiError> {
@@ -31,10 +33,13 @@ async fn upgrade(
     let token = bearer_token(&req).or_else(|| query_token(&req)).ok_or(ApiError::Unauthenticated)?;
     let claims = state.tokens.verify(&token)?;
     let user = AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp };
-    let (response, socket, stream) =
-        actix_ws::handle(&req, body).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
-    let max = state.settings.max_frame_bytes.max(HARD_FRAME_CAP);
-    let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
-    actix_web::rt::spawn(session::run(state.into_inner(), user, **worker, socket, stream));
-    Ok(response)
+    let mut response = actix_http::ws::handshake(req.head()).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
+    let (queue, queued) = tokio::sync::mpsc::channel(state.settings.ws_queue);
+    let (out, body) = wire::pair(queued);
+    let inbound = wire::Inbound::new(payload.into_inner(), state.settings.max_frame_bytes.max(HARD_FRAME_CAP));
+    let response =
+        response.message_body(BodyStream::new(body).boxed()).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
+    // The session and the body share state through an `Rc`: both stay on this worker's thread.
+    actix_web::rt::spawn(session::run(state.into_inner(), user, **worker, out, inbound, queue));
+    Ok(response.into())
 }

@@ -1,29 +1,29 @@
-//! One task per socket: a single `select!` over the client's frames, the hub's queue for this socket,
-//! the heartbeat, the token's expiry and close requests. It registers with the hub, sends `ready`,
-//! runs until the socket ends, then unregisters and updates presence.
+//! One task per socket: a single `select!` over the client's frames, the heartbeat, the token's expiry
+//! and close requests. It registers with the hub, sends `ready`, runs until the socket ends, then
+//! unregisters and updates presence. What the hub queues for the socket does not pass through this
+//! task: the connection's response body reads it (`wire`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
 use bytestring::ByteString;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::commands;
+use super::wire::{Inbound, Incoming, Outgoing};
 use crate::auth::tokens::unix_now;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::hub::{Outbound, Recipient, SessionControl, WorkerId};
 use crate::presence;
+use actix_http::ws::ProtocolError;
+
 use crate::protocol::ws::{
     close_code, ClientEvent, ErrorEvent, RawFrame, Ready, ReadyRoom, Reply, ServerEvent, CLIENT_EVENTS,
 };
 use crate::startup::AppState;
-
-/// Most queued frames a session takes from its queue per turn of its loop.
-const OUTBOUND_BATCH: usize = 64;
 
 /// Why a session ended, for the close frame and the metrics.
 enum End {
@@ -36,9 +36,8 @@ pub struct Connection {
     pub state: Arc<AppState>,
     pub user: AuthUser,
     pub session_id: Uuid,
-    /// Per room, the highest seq this socket has been sent: live frames at or below it are dropped,
-    /// so a `sync` replay and the live stream never duplicate each other.
-    pub delivered: HashMap<Uuid, i64>,
+    /// What this socket writes, and its per-room stream positions.
+    pub out: Outgoing,
     /// Per room, when this socket last forwarded `typing` (throttle).
     pub typing_at: HashMap<Uuid, Instant>,
     rate: TokenBucket,
@@ -74,11 +73,11 @@ pub async fn run(
     state: Arc<AppState>,
     user: AuthUser,
     worker: WorkerId,
-    mut socket: Session,
-    mut stream: AggregatedMessageStream,
+    out: Outgoing,
+    mut inbound: Inbound,
+    tx: mpsc::Sender<Outbound>,
 ) {
     let session_id = Uuid::now_v7();
-    let (tx, mut rx) = mpsc::channel::<Outbound>(state.settings.ws_queue);
     let control = Arc::new(SessionControl::default());
     Box::pin(state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone(), worker })).await;
     state.metrics.ws_connections.inc();
@@ -89,13 +88,13 @@ pub async fn run(
         state: state.clone(),
         user,
         session_id,
-        delivered: HashMap::new(),
+        out,
         typing_at: HashMap::new(),
     };
     // The set-up and command futures are boxed: they are large (every service call they may make
     // is part of their state) and short-lived, and an idle socket should not carry them.
-    let end = match Box::pin(send_ready(&mut conn, &mut socket)).await {
-        Ok(()) => serve(&mut conn, &mut socket, &mut stream, &mut rx, &control).await,
+    let end = match Box::pin(send_ready(&mut conn)).await {
+        Ok(()) => serve(&mut conn, &mut inbound, &control).await,
         Err(e) => {
             tracing::warn!(error = %e, "could not prepare the session");
             End::Code(1011, "error")
@@ -110,11 +109,9 @@ pub async fn run(
     };
     state.metrics.ws_disconnects_total.with_label_values(&[reason]).inc();
     if let Some(code) = code {
-        let close = CloseReason { code: CloseCode::from(code), description: Some(reason.to_owned()) };
-        // A slow consumer's pipe is full: its close frame waits behind the queued frames until the
-        // client reads on, so it gets longer to arrive than a normal close.
-        let wait = if code == close_code::SLOW_CONSUMER { Duration::from_secs(30) } else { Duration::from_secs(1) };
-        let _ = tokio::time::timeout(wait, Box::pin(socket.close(Some(close)))).await;
+        // Written after the session's own frames; what the hub queued is abandoned (the client
+        // resyncs). A slow consumer gets it once it reads what is already in the pipe.
+        conn.out.close(code, reason);
     }
     Box::pin(leave_presence(&state, conn.user.id, session_id)).await;
 }
@@ -128,7 +125,7 @@ async fn leave_presence(state: &AppState, user: Uuid, session_id: Uuid) {
 }
 
 /// Registers presence, attaches the user's rooms, and sends `ready`.
-async fn send_ready(conn: &mut Connection, socket: &mut Session) -> Result<(), ApiError> {
+async fn send_ready(conn: &mut Connection) -> Result<(), ApiError> {
     let state = conn.state.clone();
     let first = match presence::session_opened(&state, conn.user.id, conn.session_id).await {
         Ok(first) => first,
@@ -147,7 +144,7 @@ async fn send_ready(conn: &mut Connection, socket: &mut Session) -> Result<(), A
         .into_iter()
         .map(|(room_id, last, delivered_seq, read_seq)| {
             let last_seq = effective.get(&room_id).copied().unwrap_or(last);
-            conn.delivered.insert(room_id, last_seq);
+            conn.out.delivered().insert(room_id, last_seq);
             ReadyRoom { room_id, last_seq, delivered_seq, read_seq }
         })
         .collect();
@@ -158,28 +155,15 @@ async fn send_ready(conn: &mut Connection, socket: &mut Session) -> Result<(), A
         rooms,
         heartbeat_s: state.settings.ws_heartbeat_s,
     });
-    socket.text(ready.to_frame()).await.map_err(|_| ApiError::Unavailable("client went away".into()))?;
+    conn.out.text(ready.to_frame().into());
+    // `ready` is first on the wire; the hub's queue (held until now) follows.
+    conn.out.release();
     if first {
         let state = state.clone();
         let user = conn.user.id;
         tokio::spawn(async move { presence::announce(&state, user, true).await });
     }
     Ok(())
-}
-
-/// Writes a frame unless a close request comes first (a client that stopped reading would
-/// otherwise hold this task in the write forever).
-async fn write(socket: &mut Session, control: &SessionControl, frame: ByteString) -> Result<(), End> {
-    if control.close_code().is_some() {
-        return Err(closing(control));
-    }
-    // The write is polled first: it almost always has room and finishes at once, and then the close
-    // request's waiter is never registered (that costs a lock on every frame otherwise).
-    tokio::select! {
-        biased;
-        result = socket.text(frame) => result.map_err(|_| End::Client),
-        _ = control.notify.notified() => Err(closing(control)),
-    }
 }
 
 fn closing(control: &SessionControl) -> End {
@@ -191,13 +175,7 @@ fn closing(control: &SessionControl) -> End {
     }
 }
 
-async fn serve(
-    conn: &mut Connection,
-    socket: &mut Session,
-    stream: &mut AggregatedMessageStream,
-    rx: &mut mpsc::Receiver<Outbound>,
-    control: &SessionControl,
-) -> End {
+async fn serve(conn: &mut Connection, inbound: &mut Inbound, control: &SessionControl) -> End {
     let heartbeat_every = Duration::from_secs(conn.state.settings.ws_heartbeat_s);
     let silence_limit = heartbeat_every.mul_f64(2.5);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
@@ -209,72 +187,50 @@ async fn serve(
     let mut armed_for = conn.user.expires_at;
     let expiry = tokio::time::sleep_until(expiry_at(armed_for));
     tokio::pin!(expiry);
-    // Grows on first use; an idle socket keeps no buffer.
-    let mut batch = Vec::new();
     loop {
         if conn.user.expires_at != armed_for {
             armed_for = conn.user.expires_at;
             expiry.as_mut().reset(expiry_at(armed_for));
         }
+        // The client's next frame is read only once the replies to the last one are out.
+        let flushed = conn.out.is_flushed();
         tokio::select! {
             biased;
             _ = control.notify.notified() => return closing(control),
+            _ = conn.out.gone() => return End::Client,
             _ = &mut expiry => {
                 if conn.user.expires_at <= unix_now() {
                     return End::Code(close_code::TOKEN_EXPIRED, "token_expired");
                 }
                 armed_for = 0; // re-arm for the new expiry on the next turn
             }
-            count = rx.recv_many(&mut batch, OUTBOUND_BATCH) => {
-                if count == 0 {
-                    return End::Code(1011, "error");
-                }
-                // Everything queued is written in one turn of the loop.
-                for item in batch.drain(..) {
-                    if let Some((room, seq)) = item.stream {
-                        let delivered = conn.delivered.entry(room).or_insert(0);
-                        if seq <= *delivered {
-                            continue;
-                        }
-                        *delivered = seq;
-                    }
-                    if let Err(end) = write(socket, control, item.frame.clone()).await {
-                        return end;
-                    }
-                }
-            }
-            message = stream.recv() => {
+            _ = conn.out.flushed(), if !flushed => {}
+            message = inbound.recv(), if flushed => {
                 last_heard = Instant::now();
                 match message {
-                    Some(Ok(AggregatedMessage::Text(text))) => {
+                    Some(Ok(Incoming::Text(text))) => {
                         for frame in Box::pin(handle_text(conn, &text)).await {
-                            if let Err(end) = write(socket, control, frame).await {
-                                return end;
-                            }
+                            conn.out.text(frame);
                         }
+                        // A `sync` holds the live stream while it decides what the client has.
+                        conn.out.release();
                     }
-                    Some(Ok(AggregatedMessage::Binary(_))) => {
+                    Some(Ok(Incoming::Binary)) => {
                         let error = ApiError::field("frame", "binary frames are not supported; send JSON text");
-                        if let Err(end) = write(socket, control, error_frame(&error)).await {
-                            return end;
-                        }
+                        conn.out.text(error_frame(&error));
                     }
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        if socket.pong(&bytes).await.is_err() {
-                            return End::Client;
-                        }
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => {}
-                    Some(Ok(AggregatedMessage::Close(_))) | None => return End::Client,
-                    // A text frame that is not UTF-8 (actix-ws reports it as InvalidData): 1007.
-                    Some(Err(actix_ws::ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    Some(Ok(Incoming::Ping(bytes))) => conn.out.pong(bytes),
+                    Some(Ok(Incoming::Pong)) => {}
+                    Some(Ok(Incoming::Close)) | None => return End::Client,
+                    // A text frame that is not UTF-8: 1007.
+                    Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
                         return End::Code(1007, "protocol_error");
                     }
                     // The connection dropped without a close frame: the client is gone, nothing to say.
-                    Some(Err(actix_ws::ProtocolError::Io(_))) => return End::Client,
+                    Some(Err(ProtocolError::Io(_))) => return End::Client,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "websocket protocol error");
-                        let code = if matches!(e, actix_ws::ProtocolError::Overflow) { 1009 } else { 1002 };
+                        let code = if matches!(e, ProtocolError::Overflow) { 1009 } else { 1002 };
                         return End::Code(code, "protocol_error");
                     }
                 }
@@ -283,9 +239,7 @@ async fn serve(
                 if last_heard.elapsed() > silence_limit {
                     return End::Code(close_code::HEARTBEAT_TIMEOUT, "heartbeat_timeout");
                 }
-                if socket.ping(b"").await.is_err() {
-                    return End::Client;
-                }
+                conn.out.ping();
             }
         }
     }
