@@ -5,7 +5,7 @@
 //! same worker thread).
 //!
 //! Measured against actix-ws, which puts a 32-slot channel and a forwarding step between the session
-//! and the body: ~2.4 KiB less per idle socket and one task wake-up fewer per delivery
+//! and the body: ~3 KiB less per idle socket and one task wake-up fewer per delivery
 //! (docs/BENCHMARKS.md). The framing itself is actix-http's `ws::Codec`, as actix-ws uses.
 //!
 //! Order on the wire: the session's frames (replies, `ready`, `sync` replays, pings, pongs) first,
