@@ -160,22 +160,38 @@ pub async fn maintain(state: actix_web::web::Data<AppState>) {
     }
 }
 
+/// Sessions renewed per pipeline. The node's whole set in one pipeline would hold the shared Redis
+/// connection, and every PUBLISH queued behind it, for as long as Redis takes to run it, and would
+/// leave redis-rs's write buffer at that pipeline's size for good: ~700 bytes per socket, measured.
+const RENEW_BATCH: usize = 256;
+
 async fn renew(state: &AppState) -> Result<(), String> {
     let prefix = &state.settings.redis_prefix;
     let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
     let now = unix_ms();
-    let mut pipe = redis::pipe();
-    pipe.cmd("ZADD").arg(nodes_key(prefix)).arg(now).arg(state.settings.node_id()).ignore();
-    let sessions = state.hub.sessions();
-    for (user, session) in &sessions {
-        // Plain ZADD, not XX: a lease a sweeper dropped while this node looked dead comes back.
-        pipe.cmd("ZADD").arg(presence_key(prefix, *user)).arg(now + ttl_ms).arg(session.to_string()).ignore();
-        pipe.cmd("PEXPIRE").arg(presence_key(prefix, *user)).arg(ttl_ms * 4).ignore();
-        pipe.cmd("SADD").arg(node_sessions_key(prefix, state.settings.node_id())).arg(member(*user, *session)).ignore();
-    }
     let mut conn = redis_conn(state).await?;
-    pipe.query_async::<()>(&mut conn).await.map_err(|e| broken(state, e))?;
-    state.metrics.presence_heartbeats_total.inc_by(sessions.len() as u64);
+    redis::cmd("ZADD")
+        .arg(nodes_key(prefix))
+        .arg(now)
+        .arg(state.settings.node_id())
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| broken(state, e))?;
+    let sessions = state.hub.sessions();
+    for batch in sessions.chunks(RENEW_BATCH) {
+        let mut pipe = redis::pipe();
+        for (user, session) in batch {
+            // Plain ZADD, not XX: a lease a sweeper dropped while this node looked dead comes back.
+            pipe.cmd("ZADD").arg(presence_key(prefix, *user)).arg(now + ttl_ms).arg(session.to_string()).ignore();
+            pipe.cmd("PEXPIRE").arg(presence_key(prefix, *user)).arg(ttl_ms * 4).ignore();
+            pipe.cmd("SADD")
+                .arg(node_sessions_key(prefix, state.settings.node_id()))
+                .arg(member(*user, *session))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| broken(state, e))?;
+        state.metrics.presence_heartbeats_total.inc_by(batch.len() as u64);
+    }
     Ok(())
 }
 

@@ -237,6 +237,54 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() {
     assert!(a.closed.is_none());
 }
 
+/// The socket's own framing (`src/ws/wire.rs`): fragments are put together, binary frames are
+/// refused with an error, pings are answered; text that is not UTF-8 closes with 1007, and a
+/// fragmented message over the 1 MiB hard cap with 1009.
+#[actix_web::test]
+async fn websocket_framing_fragments_pings_and_protocol_errors() {
+    use actix_http::ws::Item;
+    use actix_web::web::Bytes;
+    use awc::ws::{Frame, Message};
+
+    let nodes = spawn_cluster(1, |_| {}).await;
+    let alice = nodes[0].user("alice").await;
+    let mut a = WsClient::connect(&nodes[0], &alice.token).await;
+    let text = json!({"event": "ping", "data": {}, "ref": "split"}).to_string();
+    let (head, rest) = text.split_at(5);
+    let (middle, tail) = rest.split_at(7);
+    a.send_message(Message::Continuation(Item::FirstText(Bytes::from(head.to_owned())))).await;
+    a.send_message(Message::Continuation(Item::Continue(Bytes::from(middle.to_owned())))).await;
+    a.send_message(Message::Continuation(Item::Last(Bytes::from(tail.to_owned())))).await;
+    let reply = a.expect("the reply to a fragmented frame", |v| v["ref"] == "split").await;
+    assert_eq!(reply["data"]["ok"], true);
+
+    a.send_message(Message::Binary(Bytes::from_static(b"\x00\x01"))).await;
+    let err = a.expect("error", |v| v["event"] == "error").await;
+    assert_eq!(err["data"]["details"][0]["field"], "frame");
+
+    a.send_message(Message::Ping(Bytes::from_static(b"hi"))).await;
+    let mut pong = None;
+    while let Some(frame) = a.next_frame(WAIT).await {
+        if let Frame::Pong(payload) = frame {
+            pong = Some(payload);
+            break;
+        }
+    }
+    assert_eq!(pong.as_deref(), Some(&b"hi"[..]), "a ping is answered with its payload");
+
+    // awc's text frames only carry UTF-8; fragments carry bytes.
+    a.send_message(Message::Continuation(Item::FirstText(Bytes::from_static(&[b'{', 0xff])))).await;
+    a.send_message(Message::Continuation(Item::Last(Bytes::from_static(&[0xfe, b'}'])))).await;
+    assert_eq!(a.until_closed(WAIT).await, Some(1007), "text that is not UTF-8");
+
+    let mut b = WsClient::connect(&nodes[0], &alice.token).await;
+    let chunk = Bytes::from(vec![b'x'; 512 * 1024]);
+    b.send_message(Message::Continuation(Item::FirstText(chunk.clone()))).await;
+    b.send_message(Message::Continuation(Item::Continue(chunk.clone()))).await;
+    b.send_message(Message::Continuation(Item::Last(chunk))).await;
+    assert_eq!(b.until_closed(WAIT).await, Some(1009), "a fragmented message over the hard cap");
+}
+
 #[actix_web::test]
 async fn a_session_over_its_rate_is_told_so() {
     let nodes = spawn_cluster(1, |s| {

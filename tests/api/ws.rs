@@ -89,6 +89,16 @@ impl WsClient {
         self.framed.send(Message::Text(text.into())).await.expect("frame sent");
     }
 
+    /// Sends any WebSocket message (fragments, binary, pings, malformed text).
+    pub async fn send_message(&mut self, message: Message) {
+        self.framed.send(message).await.expect("frame sent");
+    }
+
+    /// The next frame as it came, for control frames the other helpers answer or skip.
+    pub async fn next_frame(&mut self, wait: Duration) -> Option<Frame> {
+        tokio::time::timeout(wait, self.framed.next()).await.ok()??.ok()
+    }
+
     pub async fn emit(&mut self, event: &str, data: Value) {
         self.send_raw(json!({"event": event, "data": data}).to_string()).await;
     }
