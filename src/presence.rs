@@ -117,17 +117,25 @@ pub async fn session_closed(state: &AppState, user: Uuid, session: Uuid) -> Resu
     Ok(remaining == 0)
 }
 
+/// A presence transition to announce.
+pub enum Change {
+    /// Came online. `last_seen_at` is the user row's, which the caller has just read (`ready`).
+    Online { last_seen_at: Option<chrono::DateTime<chrono::Utc>> },
+    /// Went offline: `last_seen_at` is stamped now.
+    Offline,
+}
+
 /// Tells the user's rooms about a transition, and records `last_seen_at` when they go offline.
 /// Rooms larger than `CHORUS_PRESENCE_MAX_ROOM` are left out: a transition there would be one frame
 /// per member for every member who connects (quadratic in the room's size); their clients ask with
 /// the `presence` command instead.
-pub async fn announce(state: &AppState, user: Uuid, online: bool) {
+pub async fn announce(state: &AppState, user: Uuid, change: Change) {
+    let online = matches!(change, Change::Online { .. });
     let result: Result<(), crate::error::ApiError> = async {
         let mut conn = state.db_conn().await?;
-        let last_seen_at = if online {
-            crate::db::users::by_id(&mut conn, user).await?.and_then(|u| u.last_seen_at)
-        } else {
-            crate::db::users::touch_last_seen(&mut conn, user).await?
+        let last_seen_at = match change {
+            Change::Online { last_seen_at } => last_seen_at,
+            Change::Offline => crate::db::users::touch_last_seen(&mut conn, user).await?,
         };
         let max = state.settings.presence_max_room;
         let rooms = crate::db::rooms::room_ids_for_presence(&mut conn, user, max).await?;
@@ -262,7 +270,7 @@ async fn sweep_dead_nodes(state: &AppState) -> Result<(), String> {
         offline.sort();
         offline.dedup();
         for user in offline {
-            announce(state, user, false).await;
+            announce(state, user, Change::Offline).await;
         }
     }
     Ok(())

@@ -118,7 +118,7 @@ pub async fn run(
 
 async fn leave_presence(state: &AppState, user: Uuid, session_id: Uuid) {
     match presence::session_closed(state, user, session_id).await {
-        Ok(true) => presence::announce(state, user, false).await,
+        Ok(true) => presence::announce(state, user, presence::Change::Offline).await,
         Ok(false) => {}
         Err(error) => tracing::warn!(%error, "presence: could not remove the session lease"),
     }
@@ -148,6 +148,7 @@ async fn send_ready(conn: &mut Connection) -> Result<(), ApiError> {
             ReadyRoom { room_id, last_seq, delivered_seq, read_seq }
         })
         .collect();
+    let last_seen_at = user.last_seen_at;
     let ready = ServerEvent::Ready(Ready {
         user: user.into_user(true),
         session_id: conn.session_id,
@@ -161,7 +162,8 @@ async fn send_ready(conn: &mut Connection) -> Result<(), ApiError> {
     if first {
         let state = state.clone();
         let user = conn.user.id;
-        tokio::spawn(async move { presence::announce(&state, user, true).await });
+        let change = presence::Change::Online { last_seen_at };
+        tokio::spawn(async move { presence::announce(&state, user, change).await });
     }
     Ok(())
 }
