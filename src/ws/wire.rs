@@ -168,13 +168,12 @@ pub struct SocketBody {
     done: bool,
 }
 
-impl SocketBody {
-    fn encode(&mut self, message: Message) {
-        // Encoding a server frame only fails for a close reason or control payload over 125
-        // bytes, which this module never writes; drop such a frame rather than the connection.
-        if let Err(error) = self.codec.encode(message, &mut self.buf) {
-            tracing::debug!(%error, "websocket frame not encoded");
-        }
+/// Appends one frame to the body's output. Encoding a server frame only fails for a close reason or
+/// a control payload over 125 bytes, which this module never writes; such a frame is dropped rather
+/// than the connection.
+fn encode(codec: &mut Codec, buf: &mut BytesMut, message: Message) {
+    if let Err(error) = codec.encode(message, buf) {
+        tracing::debug!(%error, "websocket frame not encoded");
     }
 }
 
@@ -182,27 +181,26 @@ impl Stream for SocketBody {
     type Item = Result<Bytes, std::convert::Infallible>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
+        let SocketBody { shared, queue, codec, buf, done } = self.get_mut();
+        if *done {
             return Poll::Ready(None);
         }
-        let shared_rc = this.shared.clone();
-        let mut shared = shared_rc.borrow_mut();
+        let mut shared = shared.borrow_mut();
         if !shared.replies.is_empty() {
             while let Some(message) = shared.replies.pop_front() {
-                this.encode(message);
+                encode(codec, buf, message);
             }
             wake(&mut shared.session);
         }
         if let Some(reason) = shared.close.take() {
-            this.encode(Message::Close(Some(reason)));
-            this.done = true;
+            encode(codec, buf, Message::Close(Some(reason)));
+            *done = true;
         } else if shared.ended {
-            this.done = true;
+            *done = true;
         } else if !shared.held {
             let mut taken = 0;
             while taken < QUEUE_BATCH {
-                let Poll::Ready(Some(item)) = this.queue.poll_recv(cx) else { break };
+                let Poll::Ready(Some(item)) = queue.poll_recv(cx) else { break };
                 taken += 1;
                 if let Some((room, seq)) = item.stream {
                     let delivered = shared.delivered.entry(room).or_insert(0);
@@ -211,23 +209,22 @@ impl Stream for SocketBody {
                     }
                     *delivered = seq;
                 }
-                this.encode(Message::Text(item.frame.clone()));
+                encode(codec, buf, Message::Text(item.frame.clone()));
             }
             if taken == QUEUE_BATCH {
                 // More may be waiting and nothing else will wake us for them.
                 cx.waker().wake_by_ref();
             }
         }
-        if !this.done {
+        if !*done {
             register(&mut shared.body, cx);
         }
-        drop(shared);
-        if !this.buf.is_empty() {
+        if !buf.is_empty() {
             // Taken whole, not split: a split-off buffer keeps its allocation's unused tail alive
             // (~370 bytes per idle socket, measured), and most sockets write rarely.
-            return Poll::Ready(Some(Ok(std::mem::take(&mut this.buf).freeze())));
+            return Poll::Ready(Some(Ok(std::mem::take(buf).freeze())));
         }
-        if this.done {
+        if *done {
             Poll::Ready(None)
         } else {
             Poll::Pending
