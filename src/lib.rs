@@ -7,7 +7,7 @@
 //! - [`service`]: what Chorus does (accounts, rooms, messages), shared by REST and WebSocket.
 //! - [`db`]: PostgreSQL schema, row types and one query module per aggregate.
 //! - [`auth`]: argon2id passwords, JWT access tokens, rotating refresh tokens.
-//! - [`ws`]: the WebSocket endpoint and the per-socket session loop.
+//! - [`ws`]: the WebSocket endpoint, the per-socket session loop, and the socket's framing (`wire`).
 //! - [`fanout`]: turns an event into one frame and one PUBLISH.
 //! - [`bus`]: this node's Redis pub/sub connection (subscribe) and publishing.
 //! - [`hub`]: this node's sockets, room subscriptions, in-order gap-free delivery.
