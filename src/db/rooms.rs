@@ -240,16 +240,40 @@ struct RoomIdOnly {
 
 /// Rooms of `user` with at most `max_members` members: where presence transitions are pushed.
 pub async fn room_ids_for_presence(conn: &mut DbConn, user: Uuid, max_members: i64) -> Result<Vec<Uuid>, Error> {
-    let rows: Vec<RoomIdOnly> = diesel::sql_query(
-        "SELECT m.room_id FROM room_members m
-         WHERE m.user_id = $1
-           AND (SELECT count(*) FROM (SELECT 1 FROM room_members c WHERE c.room_id = m.room_id LIMIT $2 + 1) AS n) <= $2",
-    )
-    .bind::<SqlUuid, _>(user)
-    .bind::<BigInt, _>(max_members)
-    .load(conn)
-    .await?;
+    let rows: Vec<RoomIdOnly> = PresenceRooms { user, max_members }.load(conn).await?;
     Ok(rows.into_iter().map(|r| r.room_id).collect())
+}
+
+/// The statement behind [`room_ids_for_presence`], run twice per socket (open and close): a type
+/// of its own so that each connection prepares it once (a `sql_query` is parsed and planned on
+/// every call; see `db::messages::InsertNext`).
+struct PresenceRooms {
+    user: Uuid,
+    max_members: i64,
+}
+
+/// The cache key of [`PresenceRooms`].
+struct PresenceRoomsStatement;
+
+impl diesel::query_builder::QueryId for PresenceRooms {
+    type QueryId = PresenceRoomsStatement;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::Query for PresenceRooms {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for PresenceRooms {
+    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        out.push_sql("SELECT m.room_id FROM room_members m WHERE m.user_id = ");
+        out.push_bind_param::<SqlUuid, _>(&self.user)?;
+        out.push_sql(" AND (SELECT count(*) FROM (SELECT 1 FROM room_members c WHERE c.room_id = m.room_id LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.max_members)?;
+        out.push_sql(" + 1) AS n) <= ");
+        out.push_bind_param::<BigInt, _>(&self.max_members)?;
+        Ok(())
+    }
 }
 
 /// Every live room of `user` with its head and the user's cursors (the `ready` event).
