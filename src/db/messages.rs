@@ -24,9 +24,7 @@ pub async fn insert_next(
     InsertNext { room_id, sender_id, id: Uuid::now_v7(), content, client_msg_id }.get_result(conn).await.optional()
 }
 
-/// The statement behind [`insert_next`], a type of its own so that each connection prepares it once
-/// and then only binds and executes it. A `sql_query` is never cached: every send would pay a Parse
-/// and a fresh plan, PostgreSQL's largest share of a message's cost.
+/// The statement behind [`insert_next`], prepared once per connection (`db::prepared_statement!`).
 struct InsertNext<'a> {
     room_id: Uuid,
     sender_id: Uuid,
@@ -35,17 +33,7 @@ struct InsertNext<'a> {
     client_msg_id: Option<&'a str>,
 }
 
-/// The cache key of [`InsertNext`]: one statement, whatever the bound values.
-struct InsertNextStatement;
-
-impl diesel::query_builder::QueryId for InsertNext<'_> {
-    type QueryId = InsertNextStatement;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl diesel::query_builder::Query for InsertNext<'_> {
-    type SqlType = diesel::sql_types::Untyped;
-}
+super::prepared_statement!(InsertNext<'_>, InsertNextStatement);
 
 impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertNext<'_> {
     fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {

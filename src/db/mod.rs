@@ -24,6 +24,28 @@ pub type PooledConn = diesel_async::pooled_connection::deadpool::Object<DbConn>;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// Makes `$query` (a struct that implements `QueryFragment<Pg>` with fixed SQL text and bound values)
+/// a statement that diesel-async prepares once per connection and then only binds and executes. A
+/// `sql_query` is never cached: PostgreSQL parses and plans it on every call, which on the send path
+/// was its largest share of a message's cost (docs/BENCHMARKS.md, round 3). `$key` is the cache key
+/// type, one per statement. Rows load through `QueryableByName`, as with `sql_query`.
+macro_rules! prepared_statement {
+    ($query:ty, $key:ident) => {
+        /// Cache key of one prepared statement (see `db::prepared_statement!`).
+        struct $key;
+
+        impl diesel::query_builder::QueryId for $query {
+            type QueryId = $key;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
+
+        impl diesel::query_builder::Query for $query {
+            type SqlType = diesel::sql_types::Untyped;
+        }
+    };
+}
+pub(crate) use prepared_statement;
+
 /// Arbitrary but fixed: every node takes this advisory lock before migrating, so many nodes may start at once.
 const MIGRATION_LOCK_KEY: i64 = 0x4348_4f52_5553; // "CHORUS"
 

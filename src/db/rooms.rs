@@ -244,25 +244,14 @@ pub async fn room_ids_for_presence(conn: &mut DbConn, user: Uuid, max_members: i
     Ok(rows.into_iter().map(|r| r.room_id).collect())
 }
 
-/// The statement behind [`room_ids_for_presence`], run twice per socket (open and close): a type
-/// of its own so that each connection prepares it once (a `sql_query` is parsed and planned on
-/// every call; see `db::messages::InsertNext`).
+/// The statement behind [`room_ids_for_presence`], run twice per socket (open and close), prepared
+/// once per connection (`db::prepared_statement!`).
 struct PresenceRooms {
     user: Uuid,
     max_members: i64,
 }
 
-/// The cache key of [`PresenceRooms`].
-struct PresenceRoomsStatement;
-
-impl diesel::query_builder::QueryId for PresenceRooms {
-    type QueryId = PresenceRoomsStatement;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl diesel::query_builder::Query for PresenceRooms {
-    type SqlType = diesel::sql_types::Untyped;
-}
+super::prepared_statement!(PresenceRooms, PresenceRoomsStatement);
 
 impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for PresenceRooms {
     fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
