@@ -147,7 +147,11 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Settings))
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
-    let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    // Pooled connections are dropped after 2 s idle, before the node's own 5 s keep-alive closes
+    // them: reusing one the node has just closed fails the request (`Connect(Disconnected)`), which
+    // made a test that waits 40 s between two requests fail about one run in fourteen.
+    let connector = awc::Connector::new().conn_keep_alive(Duration::from_secs(2));
+    let client = awc::Client::builder().connector(connector).timeout(Duration::from_secs(30)).finish();
     TestApp { address, database_url, client, handle }
 }
 
