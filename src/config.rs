@@ -174,6 +174,56 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_AUTH_RATE_PER_MIN", default_value_t = 30)]
     pub auth_rate_per_min: u32,
 
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers name the client (comma-separated CIDRs,
+    /// e.g. `10.0.0.0/8,127.0.0.1/32`). Empty: no forwarded header is believed, the TCP peer is the client.
+    #[arg(long, env = "CHORUS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Most messages one `sync` frame replays across all its rooms (the reply says which rooms have more).
+    #[arg(long, env = "CHORUS_SYNC_MAX_MESSAGES", default_value_t = 2000)]
+    pub sync_max_messages: i64,
+
+    /// Most bytes of message content one `sync` frame replays across all its rooms.
+    #[arg(long, env = "CHORUS_SYNC_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub sync_max_bytes: usize,
+
+    /// Most messages `GET /unreceived` returns across all rooms (`has_more` marks the rooms cut short).
+    #[arg(long, env = "CHORUS_UNRECEIVED_MAX_MESSAGES", default_value_t = 2000)]
+    pub unreceived_max_messages: i64,
+
+    /// Messages per second one user may send, over REST and WebSocket together, cluster-wide.
+    #[arg(long, env = "CHORUS_SEND_RATE_PER_S", default_value_t = 10)]
+    pub send_rate_per_s: u32,
+
+    /// Messages one user may send in a burst (cluster-wide).
+    #[arg(long, env = "CHORUS_SEND_BURST", default_value_t = 30)]
+    pub send_burst: u32,
+
+    /// Group rooms one user may create per hour (cluster-wide; the whole budget may be used at once).
+    #[arg(long, env = "CHORUS_ROOMS_CREATED_PER_HOUR", default_value_t = 30)]
+    pub rooms_created_per_hour: u32,
+
+    /// Direct rooms one user may open per hour (cluster-wide; the whole budget may be used at once).
+    #[arg(long, env = "CHORUS_DIRECT_ROOMS_PER_HOUR", default_value_t = 120)]
+    pub direct_rooms_per_hour: u32,
+
+    /// Room password attempts per user and room per 10 minutes (join, and create/update with a password).
+    #[arg(long, env = "CHORUS_PASSWORD_ATTEMPTS", default_value_t = 5)]
+    pub password_attempts: u32,
+
+    /// Rooms one user may belong to; joining, creating or being added past it is refused (409 `limit.rooms`).
+    #[arg(long, env = "CHORUS_MAX_ROOMS_PER_USER", default_value_t = 1000)]
+    pub max_rooms_per_user: i64,
+
+    /// Live WebSocket sessions one user may hold, cluster-wide; the newest past it is closed with 4429.
+    #[arg(long, env = "CHORUS_MAX_SOCKETS_PER_USER", default_value_t = 16)]
+    pub max_sockets_per_user: u32,
+
+    /// Password hashes (argon2id) a node runs at once; requests that cannot start one within 2 s get 503.
+    /// Default: one per core.
+    #[arg(long, env = "CHORUS_ARGON2_CONCURRENCY")]
+    pub argon2_concurrency: Option<usize>,
+
     /// argon2id memory cost in KiB (OWASP minimum: 19456).
     #[arg(long, env = "CHORUS_ARGON2_MEMORY_KIB", default_value_t = 19456)]
     pub argon2_memory_kib: u32,
@@ -194,6 +244,85 @@ pub struct Settings {
 /// Dev-only secret, so `CHORUS_ENV=dev` works out of the box; never accepted in production.
 const DEV_JWT_SECRET: &str = "chorus-dev-secret-do-not-use-in-production!!";
 const MIN_SECRET_BYTES: usize = 32;
+
+/// Secrets that are, or were, written in this repository (Compose, the Kubernetes dev overlay, the
+/// test settings, the docs). Anyone who read the repository can mint tokens with them, so a node in
+/// production mode refuses them. `tests/api/security.rs` checks that every `JWT_SECRET` value in the
+/// deployment files is on this list or refused as a placeholder.
+const PUBLISHED_SECRETS: &[&str] = &[
+    DEV_JWT_SECRET,
+    "change-me-please-32-bytes-minimum-secret",
+    "dev-cluster-only-jwt-secret-0123456789abcdef",
+    TEST_JWT_SECRET,
+];
+const TEST_JWT_SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+
+/// Words that mark a secret as a placeholder someone forgot to replace.
+const PLACEHOLDER_WORDS: &[&str] =
+    &["change-me", "changeme", "change_me", "placeholder", "example", "your-secret", "do-not-use", "insecure"];
+
+/// Why `secret` must not sign tokens in production, if it must not.
+pub fn unfit_production_secret(secret: &str) -> Option<&'static str> {
+    let lower = secret.to_ascii_lowercase();
+    if PUBLISHED_SECRETS.iter().any(|p| p.eq_ignore_ascii_case(secret)) {
+        return Some("is published in the Chorus repository");
+    }
+    if PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w)) {
+        return Some("looks like a placeholder");
+    }
+    // `aaaa…`, `abababab…`: too few distinct bytes to be random.
+    let distinct = secret.bytes().collect::<std::collections::HashSet<u8>>().len();
+    if distinct < 8 {
+        return Some("has fewer than 8 distinct characters, so it is not random");
+    }
+    None
+}
+
+/// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        // An IPv4 peer may show up as an IPv4-mapped IPv6 address on a dual-stack socket.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+        let network: std::net::IpAddr =
+            addr.parse().map_err(|_| format!("`{s}` is not an IP address or CIDR range"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("`{s}`: bad prefix length"))?,
+        };
+        Ok(Cidr { network, prefix })
+    }
+}
 
 /// A start-up configuration mistake: one sentence that says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +346,11 @@ impl Settings {
                         s.len()
                     )))
                 }
-                (Some(s), Environment::Production) if s == DEV_JWT_SECRET => {
-                    return Err(ConfigError(
-                        "JWT_SECRET is the built-in development secret: set a secret of your own".into(),
-                    ))
+                (Some(s), Environment::Production) if unfit_production_secret(s).is_some() => {
+                    let why = unfit_production_secret(s).unwrap_or_default();
+                    return Err(ConfigError(format!(
+                        "JWT_SECRET {why}: set a random secret of your own (e.g. `openssl rand -hex 32`)"
+                    )));
                 }
                 _ => {}
             }
@@ -259,6 +389,27 @@ impl Settings {
                 "CHORUS_WS_HEARTBEAT_S, CHORUS_PRESENCE_TTL_S and CHORUS_WS_RATE_PER_S must be positive, CHORUS_WS_QUEUE at least 8".into(),
             ));
         }
+        if self.sync_max_messages < 1
+            || self.sync_max_bytes < self.max_message_bytes
+            || self.unreceived_max_messages < 1
+        {
+            return Err(ConfigError(
+                "CHORUS_SYNC_MAX_MESSAGES and CHORUS_UNRECEIVED_MAX_MESSAGES must be at least 1, CHORUS_SYNC_MAX_BYTES at least CHORUS_MAX_MESSAGE_BYTES".into(),
+            ));
+        }
+        if self.send_rate_per_s == 0
+            || self.send_burst == 0
+            || self.rooms_created_per_hour == 0
+            || self.direct_rooms_per_hour == 0
+            || self.password_attempts == 0
+            || self.max_rooms_per_user < 1
+            || self.max_sockets_per_user == 0
+            || self.argon2_concurrency == Some(0)
+        {
+            return Err(ConfigError(
+                "the per-user limits (CHORUS_SEND_*, CHORUS_*_PER_HOUR, CHORUS_PASSWORD_ATTEMPTS, CHORUS_MAX_*_PER_USER, CHORUS_ARGON2_CONCURRENCY) must be at least 1".into(),
+            ));
+        }
         if self.node_id.is_none() {
             self.node_id = Some(host_name());
         }
@@ -282,11 +433,16 @@ impl Settings {
         s.redis_url = redis_url.to_owned();
         s.redis_prefix = redis_prefix.to_owned();
         s.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-        s.jwt_secret = Some("test-secret-that-is-long-enough-0123456789".into());
+        s.jwt_secret = Some(TEST_JWT_SECRET.into());
         // Tests register many users; the cheapest argon2id parameters keep them fast.
         s.argon2_memory_kib = 1024;
         s.argon2_iterations = 1;
         s.auth_rate_per_min = 1_000_000;
+        // Tests create rooms and send in bursts far beyond a person's pace; the limits have tests of their own.
+        s.send_rate_per_s = 100_000;
+        s.send_burst = 100_000;
+        s.rooms_created_per_hour = 100_000;
+        s.direct_rooms_per_hour = 100_000;
         s.shutdown_grace_s = 5;
         s
     }

@@ -40,10 +40,16 @@ pub enum ApiError {
     TokenExpired,
     #[error("this refresh token was already used; its whole session family is now revoked")]
     RefreshReused,
+    #[error("this access token was revoked (logged out everywhere); log in again")]
+    TokenRevoked,
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("wrong room password")]
     WrongPassword,
+    #[error("you are banned from this room")]
+    Banned,
+    #[error("{0}")]
+    TooManyRooms(&'static str),
     #[error("not found")]
     NotFound(Missing),
     #[error("{1}")]
@@ -54,6 +60,9 @@ pub enum ApiError {
     RateLimited(u64),
     #[error("the service is temporarily unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The node is at a capacity limit of its own (e.g. concurrent password hashes): retry shortly.
+    #[error("{0}; retry in a moment")]
+    Busy(&'static str),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -104,8 +113,11 @@ impl ApiError {
             ApiError::InvalidCredentials => "auth.invalid_credentials",
             ApiError::TokenExpired => "auth.token_expired",
             ApiError::RefreshReused => "auth.refresh_reused",
+            ApiError::TokenRevoked => "auth.token_revoked",
             ApiError::Forbidden(_) => "room.forbidden",
             ApiError::WrongPassword => "room.wrong_password",
+            ApiError::Banned => "room.banned",
+            ApiError::TooManyRooms(_) => "limit.rooms",
             ApiError::NotFound(Missing::Room) => "room.not_found",
             ApiError::NotFound(Missing::User) => "user.not_found",
             ApiError::NotFound(Missing::Message) => "message.not_found",
@@ -114,7 +126,7 @@ impl ApiError {
             ApiError::Conflict(_, _) => "room.conflict",
             ApiError::TooLarge(_) => "message.too_large",
             ApiError::RateLimited(_) => "rate_limited",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Busy(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -146,13 +158,14 @@ impl ResponseError for ApiError {
             ApiError::Unauthenticated
             | ApiError::InvalidCredentials
             | ApiError::TokenExpired
-            | ApiError::RefreshReused => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::WrongPassword => StatusCode::FORBIDDEN,
+            | ApiError::RefreshReused
+            | ApiError::TokenRevoked => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::WrongPassword | ApiError::Banned => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(..) => StatusCode::CONFLICT,
+            ApiError::Conflict(..) | ApiError::TooManyRooms(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -166,10 +179,16 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::RateLimited(secs) = self {
-            response.insert_header(("Retry-After", secs.to_string()));
+        match self {
+            ApiError::RateLimited(secs) => {
+                response.insert_header(("Retry-After", secs.to_string()));
+            }
+            ApiError::Busy(_) => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            _ => {}
         }
-        if matches!(self, ApiError::Unauthenticated | ApiError::TokenExpired) {
+        if matches!(self, ApiError::Unauthenticated | ApiError::TokenExpired | ApiError::TokenRevoked) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
         response.json(self.body())

@@ -10,7 +10,7 @@
 //! system call and a context switch, paid once per worker instead of once per recipient.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU16, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
@@ -50,9 +50,19 @@ impl Queued {
 pub struct SessionControl {
     close_code: AtomicU16,
     pub notify: Notify,
+    /// The token generation of the access token the session last authenticated with: a revocation
+    /// of that generation closes the session (`revocations`).
+    token_generation: AtomicI32,
 }
 
 impl SessionControl {
+    pub fn new(token_generation: i32) -> Self {
+        SessionControl { token_generation: AtomicI32::new(token_generation), ..SessionControl::default() }
+    }
+    pub fn set_token_generation(&self, generation: i32) {
+        self.token_generation.store(generation, Ordering::Release);
+    }
+
     pub fn close(&self, code: u16) {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.notify.notify_one();
@@ -347,6 +357,18 @@ impl Hub {
             }
         }
         self.bus.unsubscribe(channels);
+    }
+
+    /// Closes the user's local sessions that authenticated with a token older than `generation`.
+    pub fn close_user_sessions_before(&self, user: Uuid, generation: i32, code: u16) {
+        let state = self.read();
+        for session in state.users.get(&user).into_iter().flatten() {
+            if let Some((recipient, _)) = state.sessions.get(session) {
+                if recipient.control.token_generation.load(Ordering::Acquire) < generation {
+                    recipient.control.close(code);
+                }
+            }
+        }
     }
 
     /// Every local session, for a drain.

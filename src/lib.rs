@@ -12,6 +12,8 @@
 //! - [`bus`]: this node's Redis pub/sub connection (subscribe) and publishing.
 //! - [`hub`]: this node's sockets, room subscriptions, in-order gap-free delivery.
 //! - [`presence`]: who is online, kept in Redis.
+//! - [`limits`]: per-user cost limits (sends, rooms, password attempts), cluster-wide in Redis.
+//! - [`revocations`]: "log out everywhere": revoked token generations, polled from PostgreSQL.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`protocol`]: the wire types.
 //! - [`error`]: the one error enum and its mapping to HTTP status and wire code.
@@ -25,10 +27,12 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
+pub mod revocations;
 pub mod service;
 pub mod startup;
 pub mod telemetry;

@@ -58,7 +58,9 @@ pub struct Metrics {
     pub db_pool_wait_seconds: Histogram,
     /// PostgreSQL query duration in seconds, by query (insert_message, read_messages, unreceived).
     pub db_query_duration_seconds: HistogramVec,
-    /// HTTP requests, by route template, method and status.
+    /// Requests refused by a per-user cost limit, by budget (send, room_create, direct_open, room_password).
+    pub limited_total: IntCounterVec,
+    /// HTTP requests, by route template, method (`OTHER` for any method outside the standard ones) and status.
     pub http_requests_total: IntCounterVec,
     /// HTTP request duration in seconds, by route template.
     pub http_request_duration_seconds: HistogramVec,
@@ -164,8 +166,15 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["query"]
             )?),
+            limited_total: reg!(IntCounterVec::new(
+                Opts::new("limited_total", "Requests refused by a per-user cost limit, by budget."),
+                &["budget"]
+            )?),
             http_requests_total: reg!(IntCounterVec::new(
-                Opts::new("http_requests_total", "HTTP requests, by route template, method and status."),
+                Opts::new(
+                    "http_requests_total",
+                    "HTTP requests, by route template, method (OTHER outside the standard ones) and status."
+                ),
                 &["route", "method", "status"]
             )?),
             http_request_duration_seconds: reg!(HistogramVec::new(

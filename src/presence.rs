@@ -49,7 +49,8 @@ pub async fn is_online(state: &AppState, user: Uuid) -> bool {
     online_among(state, &[user]).await.contains(&user)
 }
 
-/// Adds a session's lease; true when it is the user's first live session (they just came online).
+/// Adds a session's lease; returns how many live sessions the user had before it (0: they just came
+/// online).
 /// Atomic in Redis: expired leases are dropped and the count taken in the same script, so two
 /// sessions opening at once cannot both (or neither) see themselves as first.
 const OPEN_SCRIPT: &str = r"
@@ -83,7 +84,7 @@ fn member(user: Uuid, session: Uuid) -> String {
     format!("{user}:{session}")
 }
 
-pub async fn session_opened(state: &AppState, user: Uuid, session: Uuid) -> Result<bool, String> {
+pub async fn session_opened(state: &AppState, user: Uuid, session: Uuid) -> Result<u64, String> {
     let prefix = &state.settings.redis_prefix;
     let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
     let now = unix_ms();
@@ -99,7 +100,7 @@ pub async fn session_opened(state: &AppState, user: Uuid, session: Uuid) -> Resu
         .invoke_async(&mut conn)
         .await
         .map_err(|e| broken(state, e))?;
-    Ok(before == 0)
+    Ok(before.max(0) as u64)
 }
 
 pub async fn session_closed(state: &AppState, user: Uuid, session: Uuid) -> Result<bool, String> {

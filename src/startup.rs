@@ -32,6 +32,10 @@ pub struct AppState {
     pub fanout: Fanout,
     /// Brute-force brake on login, register and refresh.
     pub auth_limiter: crate::ratelimit::RateLimiter,
+    /// Per-user cost limits, shared by every node through Redis.
+    pub limits: crate::limits::Limits,
+    /// Token generations revoked by "log out everywhere", polled from PostgreSQL.
+    pub revocations: Arc<crate::revocations::Revocations>,
     /// Set on SIGTERM: `/readyz` fails at once so the load balancer stops sending new clients.
     pub draining: std::sync::atomic::AtomicBool,
     /// The node's background tasks until the first HTTP worker starts them (see [`NodeTasks`]).
@@ -58,6 +62,7 @@ impl AppState {
             tokio::spawn(subscriber.run());
             hub.spawn(&state.hub);
             tokio::spawn(crate::presence::maintain(state.clone()));
+            tokio::spawn(crate::revocations::watch(state.revocations.clone(), state.db.clone(), state.hub.clone()));
         }
     }
 }
@@ -113,8 +118,11 @@ impl AppState {
             .build()
             .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
         let tokens = TokenKeys::from_settings(&settings).map_err(StartupError)?;
+        let argon2_concurrency =
+            settings.argon2_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         let passwords =
-            PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations).map_err(StartupError)?;
+            PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations, argon2_concurrency)
+                .map_err(StartupError)?;
         let metrics = Arc::new(Metrics::new(settings.node_id()).map_err(|e| StartupError(e.to_string()))?);
         let (bus, subscriber, bus_events) =
             Bus::new(redis_info, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
@@ -126,6 +134,8 @@ impl AppState {
             settings.ws_queue,
             Duration::from_millis(settings.degraded_poll_ms),
         );
+        let limits = crate::limits::Limits::new(&settings, bus.clone(), metrics.clone());
+        let revocations = Arc::new(crate::revocations::Revocations::new(settings.access_token_ttl_s));
         let fanout = Fanout::new(bus, hub.clone());
         let settings_rate = settings.auth_rate_per_min;
         Ok(Self {
@@ -138,6 +148,8 @@ impl AppState {
             hub,
             fanout,
             auth_limiter: crate::ratelimit::RateLimiter::per_minute(settings_rate),
+            limits,
+            revocations,
             draining: Default::default(),
             node_tasks: std::sync::Mutex::new(Some(NodeTasks { subscriber, hub: hub_tasks })),
         })
@@ -161,6 +173,12 @@ impl Application {
         })?;
         let state = web::Data::new(AppState::build(settings)?);
         check_redis(&state).await?;
+        // Revoked tokens are refused from the first request on, not from the first poll.
+        state
+            .revocations
+            .load(&state.db, &state.hub)
+            .await
+            .map_err(|e| StartupError(format!("cannot read token revocations from PostgreSQL: {e}")))?;
         let listener = TcpListener::bind(state.settings.bind)
             .map_err(|e| StartupError(format!("cannot listen on CHORUS_BIND={}: {e}", state.settings.bind)))?;
         let port = listener.local_addr().map_err(|e| StartupError(e.to_string()))?.port();

@@ -29,6 +29,16 @@ impl Checks {
         }
         self
     }
+    /// Records a failed check, or hands back what a passed one produced (a normalized value).
+    pub fn keep<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
     pub fn finish(&mut self) -> Result<(), ApiError> {
         if self.0.is_empty() {
             Ok(())
@@ -58,16 +68,28 @@ pub fn password(field: &str, pw: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-pub fn room_name(name: &str) -> Result<(), FieldError> {
-    let trimmed = name.trim();
+/// A room name as stored: NFC-normalized, 1-64 characters, no leading or trailing space, and nothing
+/// invisible or direction-changing. Without these rules `General`, `General\u{200b}` and a name
+/// spelled with a right-to-left override would be different rooms that look the same.
+pub fn room_name(name: &str) -> Result<String, FieldError> {
+    let normalized = icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(name);
+    let trimmed = normalized.trim();
     let len = trimmed.chars().count();
-    if len == 0 || len > 64 || trimmed.len() != name.len() || name.chars().any(char::is_control) {
+    if len == 0 || len > 64 || trimmed.len() != normalized.len() {
+        return Err(FieldError::new("name", "must be 1-64 characters, with no leading or trailing spaces"));
+    }
+    // Default_Ignorable_Code_Point: zero-width characters, joiners, bidi marks and overrides,
+    // variation selectors, fillers and tags. Plus controls and the line/paragraph separators.
+    let invisible = icu_properties::CodePointSetData::new::<icu_properties::props::DefaultIgnorableCodePoint>();
+    if let Some(c) =
+        normalized.chars().find(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || invisible.contains(*c))
+    {
         return Err(FieldError::new(
             "name",
-            "must be 1-64 characters, no leading/trailing spaces or control characters",
+            format!("must not contain control, zero-width or direction-changing characters (found U+{:04X})", c as u32),
         ));
     }
-    Ok(())
+    Ok(normalized.into_owned())
 }
 
 /// Message content: not blank, at most `max_bytes` of UTF-8. Too long is its own error (413).

@@ -65,7 +65,8 @@ pub async fn seed(database_url: &str, secret: &str, users: usize, room_size: usi
         .iter()
         .zip(&names)
         .map(|(id, name)| {
-            let claims = chorus::auth::tokens::Claims { sub: *id, name: name.clone(), iat: now, exp: now + 6 * 3600 };
+            let claims =
+                chorus::auth::tokens::Claims { sub: *id, name: name.clone(), iat: now, exp: now + 6 * 3600, gen: 0 };
             jsonwebtoken::encode(&Header::default(), &claims, &key).map(|t| (*id, t)).map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -19,6 +19,18 @@ pub struct AuthUser {
     pub username: String,
     /// Unix seconds when the access token expires (a WebSocket closes then unless re-authenticated).
     pub expires_at: u64,
+    /// The token generation the access token carries (see `revocations`).
+    pub generation: i32,
+}
+
+impl AuthUser {
+    /// The caller an access token names, if the token is valid, unexpired and not revoked. Every
+    /// transport authenticates through this one function.
+    pub fn from_token(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
+        let claims = state.tokens.verify(token)?;
+        state.revocations.check(claims.sub, claims.gen)?;
+        Ok(AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp, generation: claims.gen })
+    }
 }
 
 /// The bearer token from the `Authorization` header.
@@ -52,6 +64,5 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
     let state =
         req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Internal("application state missing".into()))?;
     let token = bearer_token(req).ok_or(ApiError::Unauthenticated)?;
-    let claims = state.tokens.verify(&token)?;
-    Ok(AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp })
+    AuthUser::from_token(state, &token)
 }

@@ -22,6 +22,14 @@ pub struct Claims {
     pub name: String,
     pub iat: u64,
     pub exp: u64,
+    /// The user's token generation when this token was issued: "log out everywhere" moves it on,
+    /// and tokens of an older generation are refused (`revocations`). Absent means 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gen: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Signs and verifies access tokens with the one algorithm this cluster is configured for; a token
@@ -80,9 +88,10 @@ impl TokenKeys {
         })
     }
 
-    pub fn issue_access(&self, user_id: Uuid, username: &str) -> Result<String, ApiError> {
+    pub fn issue_access(&self, user_id: Uuid, username: &str, generation: i32) -> Result<String, ApiError> {
         let now = unix_now();
-        let claims = Claims { sub: user_id, name: username.to_owned(), iat: now, exp: now + self.access_ttl_s };
+        let claims =
+            Claims { sub: user_id, name: username.to_owned(), iat: now, exp: now + self.access_ttl_s, gen: generation };
         self.sign(&claims)
     }
 

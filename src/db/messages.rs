@@ -110,12 +110,14 @@ pub async fn find_by_id(conn: &mut DbConn, message_id: Uuid) -> Result<Option<Me
     messages::table.find(message_id).select(MessageRow::as_select()).first(conn).await.optional()
 }
 
-pub async fn edit(conn: &mut DbConn, message_id: Uuid, content: &str) -> Result<MessageRow, Error> {
-    diesel::update(messages::table.find(message_id))
+/// Replaces a live message's content; `None` if it is gone or was deleted (never revives a tombstone).
+pub async fn edit(conn: &mut DbConn, message_id: Uuid, content: &str) -> Result<Option<MessageRow>, Error> {
+    diesel::update(messages::table.find(message_id).filter(messages::deleted_at.is_null()))
         .set((messages::content.eq(content), messages::edited_at.eq(diesel::dsl::now)))
         .returning(MessageRow::as_returning())
         .get_result(conn)
         .await
+        .optional()
 }
 
 /// Deletes a message's content but keeps its row, so its `seq` stays accounted for.
@@ -181,8 +183,9 @@ pub async fn before(
 }
 
 /// For every room of `user`: up to `per_room` messages past their delivered cursor (and past a clear),
-/// in (room, seq) order. One index range scan per room through the lateral join.
-pub async fn unreceived(conn: &mut DbConn, user: Uuid, per_room: i64) -> Result<Vec<MessageRow>, Error> {
+/// in (room, seq) order, at most `total` in all. One index range scan per room through the lateral
+/// join, walked in room order, so the scan stops once `total` rows are out.
+pub async fn unreceived(conn: &mut DbConn, user: Uuid, per_room: i64, total: i64) -> Result<Vec<MessageRow>, Error> {
     diesel::sql_query(
         "SELECT m.id, m.room_id, m.seq, m.sender_id, m.content, m.client_msg_id, m.created_at, m.edited_at, m.deleted_at
          FROM room_members rm
@@ -192,10 +195,12 @@ pub async fn unreceived(conn: &mut DbConn, user: Uuid, per_room: i64) -> Result<
              WHERE m.room_id = rm.room_id AND m.seq > GREATEST(rm.delivered_seq, r.cleared_seq)
              ORDER BY m.seq LIMIT $2) m
          WHERE rm.user_id = $1
-         ORDER BY m.room_id, m.seq",
+         ORDER BY rm.room_id, m.seq
+         LIMIT $3",
     )
     .bind::<SqlUuid, _>(user)
     .bind::<BigInt, _>(per_room)
+    .bind::<BigInt, _>(total)
     .load(conn)
     .await
 }

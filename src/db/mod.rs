@@ -1,6 +1,7 @@
 //! PostgreSQL access: the pool, migrations, and one query module per aggregate. Query functions take a
 //! `&mut DbConn` so they compose inside a transaction.
 
+pub mod bans;
 pub mod messages;
 pub mod models;
 pub mod rooms;

@@ -286,3 +286,41 @@ pub async fn memberships_of(conn: &mut DbConn, users: &[Uuid]) -> Result<Vec<(Uu
         .load(conn)
         .await
 }
+
+/// The live rooms `user` belongs to.
+pub async fn room_ids_of(conn: &mut DbConn, user: Uuid) -> Result<Vec<Uuid>, Error> {
+    room_members::table
+        .inner_join(rooms::table)
+        .filter(room_members::user_id.eq(user))
+        .filter(rooms::deleted_at.is_null())
+        .select(rooms::id)
+        .load(conn)
+        .await
+}
+
+/// Those of `users` who already belong to `max` or more live rooms.
+pub async fn users_at_room_limit(conn: &mut DbConn, users: &[Uuid], max: i64) -> Result<Vec<Uuid>, Error> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let counts: Vec<(Uuid, i64)> = room_members::table
+        .inner_join(rooms::table)
+        .filter(room_members::user_id.eq_any(users))
+        .filter(rooms::deleted_at.is_null())
+        .group_by(room_members::user_id)
+        .select((room_members::user_id, diesel::dsl::count_star()))
+        .load(conn)
+        .await?;
+    Ok(counts.into_iter().filter(|(_, n)| *n >= max).map(|(user, _)| user).collect())
+}
+
+/// Whether the one direct room of this pair exists (opening it again costs nothing).
+pub async fn direct_exists(conn: &mut DbConn, a: Uuid, b: Uuid) -> Result<bool, Error> {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    let key = format!("{lo}:{hi}");
+    diesel::select(diesel::dsl::exists(
+        rooms::table.filter(rooms::direct_key.eq(key)).filter(rooms::deleted_at.is_null()),
+    ))
+    .get_result(conn)
+    .await
+}

@@ -71,10 +71,37 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    room_bans (room_id, user_id) {
+        room_id -> Uuid,
+        user_id -> Uuid,
+        banned_by -> Nullable<Uuid>,
+        reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    token_revocations (user_id) {
+        user_id -> Uuid,
+        generation -> Int4,
+        revoked_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(refresh_families -> users (user_id));
 diesel::joinable!(refresh_tokens -> refresh_families (family_id));
 diesel::joinable!(room_members -> rooms (room_id));
 diesel::joinable!(room_members -> users (user_id));
 diesel::joinable!(messages -> rooms (room_id));
 
-diesel::allow_tables_to_appear_in_same_query!(users, refresh_families, refresh_tokens, rooms, room_members, messages);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    refresh_families,
+    refresh_tokens,
+    rooms,
+    room_members,
+    messages,
+    room_bans,
+    token_revocations
+);

@@ -65,3 +65,44 @@ pub async fn revoke_family(conn: &mut DbConn, family_id: Uuid) -> Result<(), Err
         .await?;
     Ok(())
 }
+
+/// Revokes every refresh family of a user ("log out everywhere").
+pub async fn revoke_all_families(conn: &mut DbConn, user_id: Uuid) -> Result<(), Error> {
+    diesel::update(
+        refresh_families::table
+            .filter(refresh_families::user_id.eq(user_id))
+            .filter(refresh_families::revoked_at.is_null()),
+    )
+    .set(refresh_families::revoked_at.eq(diesel::dsl::now))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves the user's access-token generation on by one and returns the new one: tokens carrying an
+/// older generation are refused from now on.
+pub async fn bump_generation(conn: &mut DbConn, user_id: Uuid) -> Result<i32, Error> {
+    use super::schema::token_revocations as t;
+    diesel::insert_into(t::table)
+        .values((t::user_id.eq(user_id), t::generation.eq(1)))
+        .on_conflict(t::user_id)
+        .do_update()
+        .set((t::generation.eq(t::generation + 1), t::revoked_at.eq(diesel::dsl::now)))
+        .returning(t::generation)
+        .get_result(conn)
+        .await
+}
+
+/// The generation new access tokens of this user carry (0 until the first revocation).
+pub async fn generation_of(conn: &mut DbConn, user_id: Uuid) -> Result<i32, Error> {
+    use super::schema::token_revocations as t;
+    Ok(t::table.find(user_id).select(t::generation).first(conn).await.optional()?.unwrap_or(0))
+}
+
+/// `(user, generation)` of every revocation made in the last `within_s` seconds (older ones only
+/// concern tokens that have expired anyway).
+pub async fn recent_revocations(conn: &mut DbConn, within_s: i64) -> Result<Vec<(Uuid, i32)>, Error> {
+    use super::schema::token_revocations as t;
+    let since = Utc::now() - chrono::Duration::seconds(within_s);
+    t::table.filter(t::revoked_at.gt(since)).select((t::user_id, t::generation)).load(conn).await
+}

@@ -54,3 +54,8 @@ pub async fn touch_last_seen(conn: &mut DbConn, id: Uuid) -> Result<Option<chron
         .optional()
         .map(Option::flatten)
 }
+
+/// The users among `ids` that exist (in no particular order); one query however many ids.
+pub async fn by_ids(conn: &mut DbConn, ids: &[Uuid]) -> Result<Vec<UserRow>, Error> {
+    users::table.filter(users::id.eq_any(ids)).select(UserRow::as_select()).load(conn).await
+}

@@ -103,9 +103,20 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+// Input rules as JSON Schema keywords (the checks themselves are in `validate`). Patterns are
+// ECMA-262: `\uXXXX` escapes, and characters beyond the BMP written as themselves. A room name's
+// first and last characters exclude white space (Unicode White_Space); no character may be a
+// control, U+2028/U+2029, or Default_Ignorable (zero-width, joiners, bidi marks and overrides,
+// variation selectors, fillers, tags). Lengths count characters where `validate` counts bytes
+// (passwords, message content, `client_msg_id`), so they are upper bounds for non-ASCII text.
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Credentials {
+    /// 3–32 letters, digits, `_`, `.` or `-`; unique regardless of case.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     pub username: String,
+    /// At least 8 characters, at most 1024 bytes (checked on register only).
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
 }
 
@@ -144,11 +155,22 @@ impl Visibility {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomRequest {
+    /// 1–64 characters after NFC normalization (the form stored); no leading or trailing space, no
+    /// control, zero-width or direction-changing characters. Unique among public rooms.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\xad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}](?:[^\\x00-\\x1f\\x7f-\\x9f\\xad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]*[^\\x00-\\x20\\x7f-\\xa0\\xad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}])?$"
+    )]
     pub name: String,
     pub visibility: Visibility,
+    /// Makes joining need this password: at least 8 characters, at most 1024 bytes.
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: Option<String>,
+    /// Users to add as members at once (at most 100).
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub member_ids: Vec<Uuid>,
 }
 
@@ -156,12 +178,19 @@ pub struct CreateRoomRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRoomRequest {
+    /// As in `CreateRoomRequest`.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\xad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}](?:[^\\x00-\\x1f\\x7f-\\x9f\\xad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]*[^\\x00-\\x20\\x7f-\\xa0\\xad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}])?$"
+    )]
     pub name: Option<String>,
     #[serde(default)]
     pub visibility: Option<Visibility>,
+    /// A new password (at least 8 characters, at most 1024 bytes), or `null` to remove it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 8, max_length = 1024)]
     pub password: Option<Option<String>>,
 }
 
@@ -182,34 +211,74 @@ pub struct JoinRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BanRequest {
+    pub user_id: Uuid,
+    /// Why, for the room's owner and admins (at most 500 characters, no control characters; trimmed).
+    #[serde(default)]
+    #[schema(
+        max_length = 500,
+        pattern = "^[\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*[^\\x00-\\x1f\\x7f-\\x9f]*[\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*$"
+    )]
+    pub reason: Option<String>,
+}
+
+/// A user kept out of a room: they cannot join or be added until the ban is lifted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Ban {
+    pub user_id: Uuid,
+    pub username: String,
+    /// Who banned them (null once that account is gone).
+    pub banned_by: Option<Uuid>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AddMembersRequest {
+    /// 1–100 users.
+    #[schema(min_items = 1, max_items = 100)]
     pub user_ids: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UpdateMemberRequest {
     /// `admin` or `member`; ownership moves with `POST /rooms/{id}/owner`.
+    #[schema(value_type = String, pattern = "^(admin|member)$")]
     pub role: Role,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SendMessageRequest {
+    /// Not blank, no NUL, at most `CHORUS_MAX_MESSAGE_BYTES` bytes of UTF-8 (413 beyond).
+    #[schema(
+        min_length = 1,
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00]*$"
+    )]
     pub content: String,
-    /// Client-chosen id (1–64 chars) that makes the send idempotent.
+    /// Client-chosen id (1–64 bytes, no control characters) that makes the send idempotent.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub client_msg_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EditMessageRequest {
+    /// As in `SendMessageRequest`.
+    #[schema(
+        min_length = 1,
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00]*$"
+    )]
     pub content: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ReceiptRequest {
+    /// At least one of the two is required.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub delivered_seq: Option<i64>,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub read_seq: Option<i64>,
 }
 
@@ -232,6 +301,10 @@ pub struct UnreceivedRoom {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Unreceived {
     pub rooms: Vec<UnreceivedRoom>,
+    /// The answer stopped at its total cap (`CHORUS_UNRECEIVED_MAX_MESSAGES`): rooms with
+    /// `has_more` have more, and rooms missing from the list may too. Catch up with `sync`, or
+    /// move the delivered cursors and ask again.
+    pub has_more: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -14,6 +14,12 @@ use crate::error::{ApiError, ErrorBody};
 pub mod close_code {
     /// The access token expired and no fresh one was swapped in with `auth`.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The access token was revoked ("log out everywhere", or a reused refresh token): log in again.
+    /// The same code as expiry: either way the client needs a new token before it reconnects.
+    pub const TOKEN_REVOKED: u16 = TOKEN_EXPIRED;
+    /// The user already holds the most live sessions allowed (`CHORUS_MAX_SOCKETS_PER_USER`): this,
+    /// the newest, is refused. Close another session first.
+    pub const TOO_MANY_SESSIONS: u16 = 4429;
     /// The client read too slowly: its outbound queue overflowed. Reconnect and `sync`.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// No frame (not even a pong) from the client within the heartbeat timeout.

@@ -10,6 +10,7 @@ use crate::db::models::{NewRefreshToken, NewUser, UserRow};
 use crate::db::{self, is_unique_violation, tokens, users};
 use crate::error::{ApiError, ApiResult, Missing};
 use crate::presence;
+use crate::protocol::ws::Presence;
 use crate::protocol::{Credentials, Page, TokenPair, User};
 use crate::startup::AppState;
 use crate::validate::{self, Checks};
@@ -52,7 +53,8 @@ async fn issue_pair(state: &AppState, conn: &mut db::DbConn, family: Uuid, user:
     let expires_at = Utc::now() + chrono::Duration::seconds(state.tokens.refresh_ttl_s as i64);
     let hash = hash_refresh_token(&refresh_token);
     tokens::insert(conn, &NewRefreshToken { token_hash: &hash, family_id: family, expires_at }).await?;
-    let access_token = state.tokens.issue_access(user.id, &user.username)?;
+    let generation = tokens::generation_of(conn, user.id).await?;
+    let access_token = state.tokens.issue_access(user.id, &user.username, generation)?;
     let online = presence::is_online(state, user.id).await;
     Ok(TokenPair {
         access_token,
@@ -66,8 +68,27 @@ async fn issue_pair(state: &AppState, conn: &mut db::DbConn, family: Uuid, user:
 /// Outcome of presenting a refresh token, decided inside the transaction.
 enum Presented {
     Fresh { family: Uuid, user: Uuid },
-    Reused,
+    Reused { user: Uuid, generation: i32 },
+    Revoked,
     Expired,
+}
+
+/// Revokes every refresh family of the user and moves their token generation on; returns it.
+async fn revoke_everything(conn: &mut db::DbConn, user: Uuid) -> Result<i32, diesel::result::Error> {
+    tokens::revoke_all_families(conn, user).await?;
+    tokens::bump_generation(conn, user).await
+}
+
+/// "Log out everywhere": every refresh family of the caller is revoked, every access token issued
+/// before now is refused, and every live socket of the caller closes with 4001: at once on this node,
+/// within about a second on the others (`revocations`).
+pub async fn logout_all(state: &AppState, caller: &AuthUser) -> ApiResult<()> {
+    let mut conn = state.db_conn().await?;
+    let generation =
+        conn.transaction::<_, ApiError, _>(async |conn| Ok(revoke_everything(conn, caller.id).await?)).await?;
+    drop(conn);
+    state.revocations.apply(&state.hub, caller.id, generation);
+    Ok(())
 }
 
 pub async fn refresh(state: &AppState, refresh_token: &str) -> ApiResult<TokenPair> {
@@ -78,9 +99,15 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> ApiResult<TokenPa
     let outcome = conn
         .transaction::<_, ApiError, _>(async |conn| {
             let token = tokens::find_for_update(conn, &hash).await?.ok_or(ApiError::Unauthenticated)?;
-            if token.spent_at.is_some() || token.family_revoked_at.is_some() {
-                tokens::revoke_family(conn, token.family_id).await?;
-                return Ok(Presented::Reused);
+            if token.spent_at.is_some() {
+                // A spent token came back: someone holds a copy. Whoever it is, every session of the
+                // user ends, live sockets and access tokens included.
+                let generation = revoke_everything(conn, token.user_id).await?;
+                return Ok(Presented::Reused { user: token.user_id, generation });
+            }
+            if token.family_revoked_at.is_some() {
+                // A session that was logged out: refused, without ending the user's other sessions.
+                return Ok(Presented::Revoked);
             }
             if token.expires_at <= Utc::now() {
                 return Ok(Presented::Expired);
@@ -90,7 +117,11 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> ApiResult<TokenPa
         })
         .await?;
     match outcome {
-        Presented::Reused => Err(ApiError::RefreshReused),
+        Presented::Reused { user, generation } => {
+            state.revocations.apply(&state.hub, user, generation);
+            Err(ApiError::RefreshReused)
+        }
+        Presented::Revoked => Err(ApiError::RefreshReused),
         Presented::Expired => Err(ApiError::TokenExpired),
         Presented::Fresh { family, user } => {
             let user = users::by_id(&mut conn, user).await?.ok_or(ApiError::Unauthenticated)?;
@@ -113,6 +144,23 @@ pub async fn logout(state: &AppState, caller: &AuthUser, refresh_token: &str) ->
         Ok(())
     })
     .await
+}
+
+/// Who of `ids` is online, and when each was last seen; unknown ids are left out. One query and one
+/// Redis pipeline for the whole list (the caller bounds its length).
+pub async fn presence_of(state: &AppState, ids: &[Uuid]) -> ApiResult<Vec<Presence>> {
+    let mut conn = state.db_conn().await?;
+    let rows = users::by_ids(&mut conn, ids).await?;
+    drop(conn);
+    let found: Vec<Uuid> = rows.iter().map(|u| u.id).collect();
+    let online = presence::online_among(state, &found).await;
+    let mut by_id: std::collections::HashMap<Uuid, UserRow> = rows.into_iter().map(|u| (u.id, u)).collect();
+    // In the order asked, each once.
+    Ok(ids
+        .iter()
+        .filter_map(|id| by_id.remove(id))
+        .map(|u| Presence { user_id: u.id, online: online.contains(&u.id), last_seen_at: u.last_seen_at })
+        .collect())
 }
 
 pub async fn get_user(state: &AppState, id: Uuid) -> ApiResult<User> {

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::db::models::MessageRow;
 use crate::db::{self, is_unique_violation, DbConn};
 use crate::error::{ApiError, ApiResult, Missing};
+use crate::limits::Budget;
 use crate::protocol::{History, Message, Receipt, Role, Unreceived, UnreceivedRoom};
 use crate::service::rooms::Access;
 use crate::startup::AppState;
@@ -30,6 +31,8 @@ pub async fn send(
     state.metrics.messages_received_total.inc();
     validate::content(content, state.settings.max_message_bytes)?;
     Checks::new().add(validate::client_msg_id(client_msg_id)).finish()?;
+    // One budget per user, whichever transport and node the sends come through.
+    state.limits.take(Budget::Send, sender, None).await?;
     let mut conn = state.db_conn().await?;
     // The common case is one round trip; the lookups below run only when the insert did not happen.
     match state
@@ -97,7 +100,10 @@ pub async fn edit(
     if message.sender_id != caller {
         return Err(ApiError::Forbidden("only the author may edit a message"));
     }
-    let message: Message = db::messages::edit(&mut conn, message_id, content).await?.into();
+    // The UPDATE skips a tombstone: a delete that commits between the read above and here wins,
+    // and the edit answers 404 instead of bringing the content back.
+    let message: Message =
+        db::messages::edit(&mut conn, message_id, content).await?.ok_or(ApiError::NotFound(Missing::Message))?.into();
     drop(conn);
     state.fanout.message_edited(&message).await;
     Ok(message)
@@ -181,26 +187,33 @@ pub async fn history(
     })
 }
 
-/// Messages after `after_seq` for `sync`: up to `limit`, and whether more remain.
-pub async fn since(
-    state: &AppState,
-    caller: Uuid,
+/// A member's replay of one room (`sync`), read in chunks so that no chunk's messages are held
+/// longer than it takes to write them. Only [`Replay::open`] makes one, after the membership check.
+pub struct Replay {
     room_id: Uuid,
-    after_seq: i64,
-    limit: i64,
-) -> ApiResult<(Vec<Message>, bool)> {
-    let mut conn = state.db_conn().await?;
-    let access = Access::load(&mut conn, room_id, caller, false).await?;
-    access.member()?;
-    let mut rows = state
-        .timed(
-            "read_messages",
-            db::messages::after(&mut conn, room_id, after_seq.max(access.room.cleared_seq), limit + 1),
-        )
-        .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    Ok((rows.into_iter().map(Message::from).collect(), more))
+    /// Messages at or below this seq were cleared.
+    floor: i64,
+}
+
+impl Replay {
+    pub async fn open(state: &AppState, caller: Uuid, room_id: Uuid) -> ApiResult<Replay> {
+        let mut conn = state.db_conn().await?;
+        let access = Access::load(&mut conn, room_id, caller, false).await?;
+        access.member()?;
+        Ok(Replay { room_id, floor: access.room.cleared_seq })
+    }
+
+    /// Up to `limit` messages after `after_seq`, and whether more remain. The pooled connection is
+    /// returned before the caller writes them, so a slow reader holds no connection.
+    pub async fn next(&self, state: &AppState, after_seq: i64, limit: i64) -> ApiResult<(Vec<Message>, bool)> {
+        let mut conn = state.db_conn().await?;
+        let mut rows = state
+            .timed("read_messages", db::messages::after(&mut conn, self.room_id, after_seq.max(self.floor), limit + 1))
+            .await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        Ok((rows.into_iter().map(Message::from).collect(), more))
+    }
 }
 
 pub async fn receipts(
@@ -232,20 +245,27 @@ pub async fn receipts(
 
 pub async fn unreceived(state: &AppState, caller: Uuid) -> ApiResult<Unreceived> {
     let per_room = state.settings.unreceived_limit;
+    let total = state.settings.unreceived_max_messages;
     let mut conn = state.db_conn().await?;
-    // Fetch one extra per room to learn whether more are waiting.
-    let rows = state.timed("unreceived", db::messages::unreceived(&mut conn, caller, per_room + 1)).await?;
+    // One extra per room, and one extra in all, tell whether more are waiting.
+    let mut rows =
+        state.timed("unreceived", db::messages::unreceived(&mut conn, caller, per_room + 1, total + 1)).await?;
+    drop(conn);
+    let cut = rows.len() as i64 > total;
+    rows.truncate(total as usize);
     let mut by_room: BTreeMap<Uuid, Vec<Message>> = BTreeMap::new();
     for row in rows {
         by_room.entry(row.room_id).or_default().push(row.into());
     }
+    let last_room = by_room.keys().next_back().copied();
     let rooms = by_room
         .into_iter()
         .map(|(room_id, mut messages)| {
-            let has_more = messages.len() as i64 > per_room;
+            // The total cap cuts the last room listed (rooms come in id order).
+            let has_more = messages.len() as i64 > per_room || (cut && Some(room_id) == last_room);
             messages.truncate(per_room as usize);
             UnreceivedRoom { room_id, messages, has_more }
         })
         .collect();
-    Ok(Unreceived { rooms })
+    Ok(Unreceived { rooms, has_more: cut })
 }

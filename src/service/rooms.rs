@@ -19,10 +19,11 @@ use uuid::Uuid;
 
 use crate::db::models::{MemberRow, NewRoom, RoomRow};
 use crate::db::rooms::{self as q, RoomChanges};
-use crate::db::{is_unique_violation, users, DbConn};
+use crate::db::{bans, is_unique_violation, users, DbConn};
 use crate::error::{ApiError, ApiResult, Missing};
+use crate::limits::Budget;
 use crate::presence;
-use crate::protocol::{CreateRoomRequest, Member, Page, Role, Room, UpdateRoomRequest};
+use crate::protocol::{Ban, BanRequest, CreateRoomRequest, Member, Page, Role, Room, UpdateRoomRequest};
 use crate::startup::AppState;
 use crate::validate::{self, Checks};
 
@@ -82,11 +83,14 @@ fn check_password(field: &str, password: Option<&str>) -> Result<(), crate::erro
 }
 
 pub async fn create(state: &AppState, caller: Uuid, req: CreateRoomRequest) -> ApiResult<Room> {
-    Checks::new()
-        .add(validate::room_name(&req.name))
+    let mut checks = Checks::new();
+    let name = checks.keep(validate::room_name(&req.name));
+    checks
         .add(check_password("password", req.password.as_deref()))
         .check(req.member_ids.len() <= MAX_MEMBERS_PER_CALL, "member_ids", "at most 100 at a time")
         .finish()?;
+    let name = name.unwrap_or_default(); // finish() refused a bad name
+    state.limits.take(Budget::RoomCreated, caller, None).await?;
     let password_hash = match req.password {
         Some(p) => Some(state.passwords.hash(p).await?),
         None => None,
@@ -101,10 +105,13 @@ pub async fn create(state: &AppState, caller: Uuid, req: CreateRoomRequest) -> A
             if !users::missing_ids(conn, &others).await?.is_empty() {
                 return Err(ApiError::NotFound(Missing::User));
             }
+            let mut everyone = others.clone();
+            everyone.push(caller);
+            check_room_limit(state, conn, &everyone).await?;
             let new = NewRoom {
                 id: room_id,
                 kind: "group",
-                name: Some(&req.name),
+                name: Some(&name),
                 visibility: req.visibility.as_str(),
                 password_hash: password_hash.as_deref(),
                 direct_key: None,
@@ -164,13 +171,16 @@ pub async fn list(
 
 pub async fn update(state: &AppState, caller: Uuid, room_id: Uuid, req: UpdateRoomRequest) -> ApiResult<Room> {
     let mut checks = Checks::new();
-    if let Some(name) = &req.name {
-        checks.add(validate::room_name(name));
-    }
+    let name = req.name.as_deref().map(|name| checks.keep(validate::room_name(name)));
     if let Some(Some(p)) = &req.password {
         checks.add(validate::password("password", p));
     }
     checks.finish()?;
+    let name = name.flatten(); // finish() refused a bad name
+    if matches!(req.password, Some(Some(_))) {
+        // Setting a password costs a hash: counted with the room's password attempts.
+        state.limits.take(Budget::PasswordAttempt, caller, Some(room_id)).await?;
+    }
     let password_hash = match &req.password {
         Some(Some(p)) => Some(Some(state.passwords.hash(p.clone()).await?)),
         Some(None) => Some(None),
@@ -182,7 +192,7 @@ pub async fn update(state: &AppState, caller: Uuid, room_id: Uuid, req: UpdateRo
         access.require(Role::Admin)?;
         access.group_only()?;
         let changes = RoomChanges {
-            name: req.name.clone(),
+            name: name.clone(),
             visibility: req.visibility.as_ref().map(|v| v.as_str().to_owned()),
             password_hash,
             updated_at: Some(chrono::Utc::now()),
@@ -247,9 +257,16 @@ pub async fn join(state: &AppState, caller: Uuid, room_id: Uuid, password: Optio
     if access.member.is_some() {
         return Ok((view(&mut conn, room_id, caller).await?, false));
     }
-    if let Some(hash) = access.room.password_hash.clone() {
+    if !bans::banned_among(&mut conn, room_id, &[caller]).await?.is_empty() {
+        return Err(ApiError::Banned);
+    }
+    // The hash the password was checked against: the join below goes ahead only if it still holds.
+    let checked = access.room.password_hash.clone();
+    if let Some(hash) = checked.clone() {
         let given = password.ok_or(ApiError::WrongPassword)?;
         drop(conn);
+        // Every guess costs an argon2 run: a user gets a few per room, across the cluster.
+        state.limits.take(Budget::PasswordAttempt, caller, Some(room_id)).await?;
         if !state.passwords.verify(given, Some(hash)).await? {
             return Err(ApiError::WrongPassword);
         }
@@ -257,7 +274,8 @@ pub async fn join(state: &AppState, caller: Uuid, room_id: Uuid, password: Optio
     }
     let added = conn
         .transaction::<_, ApiError, _>(async |conn| {
-            // Re-check under the lock: the room may have closed or gone private meanwhile.
+            // Re-check under the lock: the room may have closed, gone private, changed its password,
+            // or banned the caller meanwhile.
             let access = Access::load(conn, room_id, caller, true).await?;
             if access.member.is_some() {
                 return Ok(false);
@@ -265,6 +283,13 @@ pub async fn join(state: &AppState, caller: Uuid, room_id: Uuid, password: Optio
             if !access.room.is_public() {
                 return Err(ApiError::NotFound(Missing::Room));
             }
+            if access.room.password_hash.is_some() && access.room.password_hash != checked {
+                return Err(ApiError::WrongPassword);
+            }
+            if !bans::banned_among(conn, room_id, &[caller]).await?.is_empty() {
+                return Err(ApiError::Banned);
+            }
+            check_room_limit(state, conn, &[caller]).await?;
             Ok(!q::add_members(conn, room_id, &[caller], Role::Member).await?.is_empty())
         })
         .await?;
@@ -368,6 +393,10 @@ pub async fn add_members(state: &AppState, caller: Uuid, room_id: Uuid, user_ids
             if !users::missing_ids(conn, &user_ids).await?.is_empty() {
                 return Err(ApiError::NotFound(Missing::User));
             }
+            if !bans::banned_among(conn, room_id, &user_ids).await?.is_empty() {
+                return Err(ApiError::Banned);
+            }
+            check_room_limit(state, conn, &user_ids).await?;
             Ok((q::add_members(conn, room_id, &user_ids, Role::Member).await?, access.room.last_seq))
         })
         .await?;
@@ -436,9 +465,16 @@ pub async fn direct(state: &AppState, caller: Uuid, other: Uuid) -> ApiResult<(R
         return Err(ApiError::field("user_id", "must be someone other than yourself"));
     }
     let mut conn = state.db_conn().await?;
+    if !q::direct_exists(&mut conn, caller, other).await? {
+        // Opening a new one costs; opening the same room again does not.
+        state.limits.take(Budget::DirectRoomOpened, caller, None).await?;
+    }
     let (room_id, created) = conn
         .transaction::<_, ApiError, _>(async |conn| {
             users::by_id(conn, other).await?.ok_or(ApiError::NotFound(Missing::User))?;
+            if !q::direct_exists(conn, caller, other).await? {
+                check_room_limit(state, conn, &[caller, other]).await?;
+            }
             Ok(q::upsert_direct(conn, caller, other).await?)
         })
         .await?;
@@ -449,4 +485,104 @@ pub async fn direct(state: &AppState, caller: Uuid, other: Uuid) -> ApiResult<(R
         state.fanout.member_joined(room_id, other, Role::Member, 0).await;
     }
     Ok((room, created))
+}
+
+/// Refuses a membership change that would put any of `users` in more rooms than allowed.
+async fn check_room_limit(state: &AppState, conn: &mut DbConn, users: &[Uuid]) -> ApiResult<()> {
+    let max = state.settings.max_rooms_per_user;
+    if !q::users_at_room_limit(conn, users, max).await?.is_empty() {
+        return Err(ApiError::TooManyRooms("a user would be in more rooms than allowed (CHORUS_MAX_ROOMS_PER_USER)"));
+    }
+    Ok(())
+}
+
+/// Whether `user` is (still) a member of a live room: a socket attached to a room checks again
+/// after attaching, so a removal that raced the attach cannot leave it listening.
+pub async fn is_member(state: &AppState, user: Uuid, room_id: Uuid) -> ApiResult<bool> {
+    let mut conn = state.db_conn().await?;
+    Ok(q::membership(&mut conn, room_id, user).await?.is_some() && q::find_live(&mut conn, room_id).await?.is_some())
+}
+
+const MAX_BAN_REASON: usize = 500;
+
+/// Bans a user from a group room: they are removed at once (every node detaches their sockets) and
+/// cannot join or be added until unbanned. Owners may ban anyone but themselves; admins only members
+/// and non-members.
+pub async fn ban(state: &AppState, caller: Uuid, room_id: Uuid, req: BanRequest) -> ApiResult<Ban> {
+    let reason = req.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+    Checks::new()
+        .check(req.user_id != caller, "user_id", "you cannot ban yourself")
+        .check(
+            reason.is_none_or(|r| r.chars().count() <= MAX_BAN_REASON && !r.chars().any(char::is_control)),
+            "reason",
+            "at most 500 characters, without control characters",
+        )
+        .finish()?;
+    let mut conn = state.db_conn().await?;
+    let (removed, ban) = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let access = Access::load(conn, room_id, caller, true).await?;
+            let my_role = access.require(Role::Admin)?;
+            access.group_only()?;
+            users::by_id(conn, req.user_id).await?.ok_or(ApiError::NotFound(Missing::User))?;
+            let target = q::membership(conn, room_id, req.user_id).await?;
+            if target.as_ref().is_some_and(|m| m.role() >= my_role) {
+                return Err(ApiError::Forbidden("you may only ban users below your own role"));
+            }
+            let removed = match target {
+                Some(_) => q::remove_member(conn, room_id, req.user_id).await?,
+                None => false,
+            };
+            bans::ban(conn, room_id, req.user_id, caller, reason).await?;
+            let ban = bans::find(conn, room_id, req.user_id).await?.ok_or(ApiError::NotFound(Missing::User))?;
+            Ok((removed, ban))
+        })
+        .await?;
+    drop(conn);
+    if removed {
+        state.fanout.member_left(room_id, req.user_id, "banned").await;
+    }
+    Ok(ban_view(ban))
+}
+
+fn ban_view(ban: bans::BanView) -> Ban {
+    Ban {
+        user_id: ban.user_id,
+        username: ban.username,
+        banned_by: ban.banned_by,
+        reason: ban.reason,
+        created_at: ban.created_at,
+    }
+}
+
+/// The room's bans (owner and admins only).
+pub async fn list_bans(
+    state: &AppState,
+    caller: Uuid,
+    room_id: Uuid,
+    cursor: Option<&str>,
+    limit: Option<i64>,
+) -> ApiResult<Page<Ban>> {
+    let limit = validate::limit(limit)?;
+    let after = validate::decode_cursor(cursor)?
+        .map(|c| c.parse::<Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor this server issued")))
+        .transpose()?;
+    let mut conn = state.db_conn().await?;
+    Access::load(&mut conn, room_id, caller, false).await?.require(Role::Admin)?;
+    let mut rows = bans::list(&mut conn, room_id, after, limit + 1).await?;
+    let next_cursor = validate::next_cursor(&mut rows, limit, |b| b.user_id.to_string());
+    Ok(Page { items: rows.into_iter().map(ban_view).collect(), next_cursor })
+}
+
+/// Lifts a ban (owner and admins); 404 `user.not_found` if there was none.
+pub async fn unban(state: &AppState, caller: Uuid, room_id: Uuid, user: Uuid) -> ApiResult<()> {
+    let mut conn = state.db_conn().await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        Access::load(conn, room_id, caller, true).await?.require(Role::Admin)?;
+        if !bans::unban(conn, room_id, user).await? {
+            return Err(ApiError::NotFound(Missing::User));
+        }
+        Ok(())
+    })
+    .await
 }

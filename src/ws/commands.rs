@@ -1,23 +1,24 @@
 //! What each client event does. Every command goes through the same `service` functions as REST,
 //! so rules and fan-out are identical whichever way a client talks.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use serde_json::{json, Value};
 
 use super::session::Connection;
+use crate::auth::AuthUser;
 use crate::error::{ApiError, Missing};
-use crate::protocol::ws::{ClientEvent, Empty, Presence, ServerEvent};
-use crate::service::{messages, rooms};
-use crate::{db, presence};
+use crate::protocol::ws::{ClientEvent, Empty, ServerEvent, SyncRoom};
+use crate::service::{accounts, messages, rooms};
 
 fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
     serde_json::to_value(value).map_err(ApiError::internal)
 }
 
-/// Runs one command. Frames it produces (a `pong`, a `sync` replay) go into `frames` ahead of the
-/// reply; the returned value is the reply's `result`.
+/// Runs one command. Frames it produces (a `pong`) go into `frames` ahead of the reply (a `sync`
+/// writes its replay to the socket itself, in chunks); the returned value is the reply's `result`.
 pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<ByteString>) -> Result<Value, ApiError> {
     let state = conn.state.clone();
     let me = conn.user.id;
@@ -56,30 +57,7 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
         ClientEvent::Ack(ack) => {
             to_value(&messages::receipts(&state, me, ack.room_id, ack.delivered_seq, ack.read_seq).await?)
         }
-        ClientEvent::Sync(sync) => {
-            if sync.rooms.len() > 500 {
-                return Err(ApiError::field("rooms", "at most 500 rooms per sync"));
-            }
-            // No live frame goes out while the replay is read: the positions set below decide which
-            // of them the client already has (the session releases the hold once the replay is queued).
-            conn.out.hold();
-            let mut rooms_out = Vec::with_capacity(sync.rooms.len());
-            for room in sync.rooms {
-                let (replay, has_more) =
-                    messages::since(&state, me, room.room_id, room.after_seq.max(0), state.settings.ws_sync_limit)
-                        .await?;
-                let mut last = room.after_seq;
-                for message in replay {
-                    last = message.seq;
-                    frames.push(ServerEvent::Message(message).to_frame().into());
-                }
-                let mut positions = conn.out.delivered();
-                let delivered = positions.entry(room.room_id).or_insert(0);
-                *delivered = (*delivered).max(last);
-                rooms_out.push(json!({"room_id": room.room_id, "last_seq": last, "has_more": has_more}));
-            }
-            Ok(json!({"rooms": rooms_out}))
-        }
+        ClientEvent::Sync(sync) => Box::pin(sync_rooms(conn, sync.rooms)).await,
         ClientEvent::History(history) => {
             to_value(&messages::history(&state, me, history.room_id, history.before_seq, None, history.limit).await?)
         }
@@ -88,6 +66,12 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             // Attach this socket now so the reply is never ahead of the stream; the member_joined
             // event attaches the user's other sockets on every node.
             let effective = state.hub.attach(conn.session_id, &[(room.id, room.last_seq)]).await;
+            // A removal or ban that committed after the join announced itself before this socket
+            // was attached: look again now that it is, and let go if so.
+            if !rooms::is_member(&state, me, room.id).await? {
+                state.hub.detach(conn.session_id, room.id);
+                return Err(ApiError::NotFound(Missing::Room));
+            }
             for (room_id, last) in effective {
                 conn.out.delivered().entry(room_id).or_insert(last);
             }
@@ -102,30 +86,92 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             if query.user_ids.len() > 200 {
                 return Err(ApiError::field("user_ids", "at most 200 users per query"));
             }
-            let online = presence::online_among(&state, &query.user_ids).await;
-            let mut db_conn = state.db_conn().await?;
-            let mut out = Vec::with_capacity(query.user_ids.len());
-            for user in &query.user_ids {
-                if let Some(row) = db::users::by_id(&mut db_conn, *user).await? {
-                    out.push(Presence {
-                        user_id: row.id,
-                        online: online.contains(&row.id),
-                        last_seen_at: row.last_seen_at,
-                    });
-                }
-            }
-            to_value(&out)
+            to_value(&accounts::presence_of(&state, &query.user_ids).await?)
         }
         ClientEvent::Auth(auth) => {
-            let claims = state.tokens.verify(&auth.token)?;
-            if claims.sub != me {
+            let fresh = AuthUser::from_token(&state, &auth.token)?;
+            if fresh.id != me {
                 return Err(ApiError::field("token", "belongs to another user"));
             }
-            conn.user.expires_at = claims.exp;
-            let expires_at = chrono::DateTime::from_timestamp(claims.exp as i64, 0);
+            conn.user.expires_at = fresh.expires_at;
+            conn.user.generation = fresh.generation;
+            conn.control.set_token_generation(fresh.generation);
+            let expires_at = chrono::DateTime::from_timestamp(fresh.expires_at as i64, 0);
             Ok(json!({ "expires_at": expires_at }))
         }
     }
+}
+
+/// Messages per read while replaying a room: what a `sync` holds in memory at once.
+const REPLAY_CHUNK: i64 = 100;
+
+/// `sync`: replays each named room after the client's position. Bounded per frame whatever the
+/// frame says: a room named twice is replayed once, each room gives at most `CHORUS_WS_SYNC_LIMIT`
+/// messages, and the whole frame at most `CHORUS_SYNC_MAX_MESSAGES` messages and
+/// `CHORUS_SYNC_MAX_BYTES` bytes. Rooms cut short (or not reached) say `has_more`, and the client
+/// syncs again from `last_seq`. Messages are written in chunks, each once the previous one has been
+/// handed to the connection, so a replay never sits in memory whole.
+async fn sync_rooms(conn: &mut Connection, rooms: Vec<SyncRoom>) -> Result<Value, ApiError> {
+    if rooms.len() > 500 {
+        return Err(ApiError::field("rooms", "at most 500 rooms per sync"));
+    }
+    let state = conn.state.clone();
+    let settings = &state.settings;
+    let mut messages_left = settings.sync_max_messages;
+    let mut bytes_left = settings.sync_max_bytes;
+    let mut seen = HashSet::with_capacity(rooms.len());
+    // No live frame goes out while the replay is read: the positions set below decide which of them
+    // the client already has (the session releases the hold once the reply is queued).
+    conn.out.hold();
+    let mut rooms_out = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        if !seen.insert(room.room_id) {
+            continue;
+        }
+        let mut last = room.after_seq.max(0);
+        if messages_left == 0 || bytes_left == 0 {
+            rooms_out.push(json!({"room_id": room.room_id, "last_seq": last, "has_more": true}));
+            continue;
+        }
+        let replay = messages::Replay::open(&state, conn.user.id, room.room_id).await?;
+        let mut room_left = settings.ws_sync_limit;
+        let has_more = loop {
+            let want = REPLAY_CHUNK.min(room_left).min(messages_left);
+            if want == 0 {
+                // Out of budget: one more read says whether anything is left.
+                break replay.next(&state, last, 0).await?.1;
+            }
+            let (chunk, more) = replay.next(&state, last, want).await?;
+            let mut cut = false;
+            for message in chunk {
+                let frame = ServerEvent::Message(message.clone()).to_frame();
+                // The first message always goes out, so a sync makes progress whatever the budget.
+                if frame.len() > bytes_left && messages_left < settings.sync_max_messages {
+                    bytes_left = 0;
+                    cut = true;
+                    break;
+                }
+                bytes_left = bytes_left.saturating_sub(frame.len());
+                messages_left -= 1;
+                room_left -= 1;
+                last = message.seq;
+                conn.out.text(frame.into());
+            }
+            conn.out.flushed().await;
+            if cut {
+                break true;
+            }
+            if !more {
+                break false;
+            }
+        };
+        let mut positions = conn.out.delivered();
+        let delivered = positions.entry(room.room_id).or_insert(0);
+        *delivered = (*delivered).max(last);
+        drop(positions);
+        rooms_out.push(json!({"room_id": room.room_id, "last_seq": last, "has_more": has_more}));
+    }
+    Ok(json!({"rooms": rooms_out}))
 }
 
 fn hide_room(e: ApiError) -> ApiError {

@@ -16,10 +16,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(upgrade));
 }
 
-/// Hard cap on one inbound frame. Frames above `CHORUS_MAX_FRAME_BYTES` but below this get an
-/// `error` event and the socket stays up; beyond it the protocol itself gives up (close 1009).
-const HARD_FRAME_CAP: usize = 1024 * 1024;
-
 async fn upgrade(
     req: HttpRequest,
     payload: web::Payload,
@@ -31,12 +27,13 @@ async fn upgrade(
     }
     // Authenticate before upgrading, so a bad token is a plain 401 the client can read.
     let token = bearer_token(&req).or_else(|| query_token(&req)).ok_or(ApiError::Unauthenticated)?;
-    let claims = state.tokens.verify(&token)?;
-    let user = AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp };
+    let user = AuthUser::from_token(&state, &token)?;
     let mut response = actix_http::ws::handshake(req.head()).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
     let (queue, queued) = tokio::sync::mpsc::channel(state.settings.ws_queue);
     let (out, body) = wire::pair(queued);
-    let inbound = wire::Inbound::new(payload.into_inner(), state.settings.max_frame_bytes.max(HARD_FRAME_CAP));
+    // A frame or fragmented message over the cap closes the socket (1009) on its header, before
+    // its payload is read.
+    let inbound = wire::Inbound::new(payload.into_inner(), state.settings.max_frame_bytes);
     let response =
         response.message_body(BodyStream::new(body).boxed()).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
     // The session and the body share state through an `Rc`: both stay on this worker's thread.

@@ -3,11 +3,13 @@
 //! unregisters and updates presence. What the hub queues for the socket does not pass through this
 //! task: the connection's response body reads it (`wire`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -27,7 +29,10 @@ use crate::startup::AppState;
 
 /// Why a session ended, for the close frame and the metrics.
 enum End {
+    /// The connection dropped without a close frame: nothing to answer.
     Client,
+    /// The client sent a close frame (with this status code, if any), which is answered.
+    ClientClose(Option<u16>),
     Code(u16, &'static str),
 }
 
@@ -40,6 +45,8 @@ pub struct Connection {
     pub out: Outgoing,
     /// Per room, when this socket last forwarded `typing` (throttle).
     pub typing_at: HashMap<Uuid, Instant>,
+    /// How the hub (or a revocation, or a drain) asks this session to close.
+    pub control: Arc<SessionControl>,
     rate: TokenBucket,
 }
 
@@ -78,7 +85,7 @@ pub async fn run(
     tx: mpsc::Sender<Outbound>,
 ) {
     let session_id = Uuid::now_v7();
-    let control = Arc::new(SessionControl::default());
+    let control = Arc::new(SessionControl::new(user.generation));
     Box::pin(state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone(), worker })).await;
     state.metrics.ws_connections.inc();
     state.metrics.ws_connects_total.inc();
@@ -90,28 +97,28 @@ pub async fn run(
         session_id,
         out,
         typing_at: HashMap::new(),
+        control: control.clone(),
     };
     // The set-up and command futures are boxed: they are large (every service call they may make
     // is part of their state) and short-lived, and an idle socket should not carry them.
     let end = match Box::pin(send_ready(&mut conn)).await {
         Ok(()) => serve(&mut conn, &mut inbound, &control).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not prepare the session");
-            End::Code(1011, "error")
-        }
+        Err(end) => end,
     };
 
     state.hub.unregister(session_id);
     state.metrics.ws_connections.dec();
-    let (code, reason) = match end {
-        End::Client => (None, "client"),
-        End::Code(code, reason) => (Some(code), reason),
+    let reason = match end {
+        End::Client | End::ClientClose(_) => "client",
+        End::Code(_, reason) => reason,
     };
     state.metrics.ws_disconnects_total.with_label_values(&[reason]).inc();
-    if let Some(code) = code {
-        // Written after the session's own frames; what the hub queued is abandoned (the client
-        // resyncs). A slow consumer gets it once it reads what is already in the pipe.
-        conn.out.close(code, reason);
+    // Written after the session's own frames; what the hub queued is abandoned (the client
+    // resyncs). A slow consumer gets it once it reads what is already in the pipe.
+    match end {
+        End::Client => {}
+        End::ClientClose(code) => conn.out.close_echo(code.map(echoed_close_code)),
+        End::Code(code, reason) => conn.out.close(code, reason),
     }
     Box::pin(leave_presence(&state, conn.user.id, session_id)).await;
 }
@@ -124,22 +131,52 @@ async fn leave_presence(state: &AppState, user: Uuid, session_id: Uuid) {
     }
 }
 
-/// Registers presence, attaches the user's rooms, and sends `ready`.
-async fn send_ready(conn: &mut Connection) -> Result<(), ApiError> {
+/// Registers presence, attaches the user's rooms, and sends `ready`; or says why the session ends.
+async fn send_ready(conn: &mut Connection) -> Result<(), End> {
+    // A revocation that landed between the upgrade's token check and the hub registration found
+    // no session to close: look again now that the session is registered.
+    if conn.state.revocations.check(conn.user.id, conn.user.generation).is_err() {
+        return Err(End::Code(close_code::TOKEN_REVOKED, "token_revoked"));
+    }
     let state = conn.state.clone();
-    let first = match presence::session_opened(&state, conn.user.id, conn.session_id).await {
-        Ok(first) => first,
+    let before = match presence::session_opened(&state, conn.user.id, conn.session_id).await {
+        Ok(before) => before,
         Err(error) => {
             tracing::warn!(%error, "presence: could not record the session");
-            false
+            // Unknown: not announced as a transition, and not refused (Redis trouble fails open).
+            1
         }
     };
+    // The newest session past the cap is the one refused: the user's working sessions stay up.
+    if before >= u64::from(state.settings.max_sockets_per_user) {
+        return Err(End::Code(close_code::TOO_MANY_SESSIONS, "too_many_sessions"));
+    }
+    Box::pin(prepare(conn, before == 0)).await.map_err(|e| {
+        tracing::warn!(error = %e, "could not prepare the session");
+        End::Code(1011, "error")
+    })
+}
+
+async fn prepare(conn: &mut Connection, first: bool) -> Result<(), ApiError> {
+    let state = conn.state.clone();
     let mut db = state.db_conn().await?;
     let user = crate::db::users::by_id(&mut db, conn.user.id).await?.ok_or(ApiError::Unauthenticated)?;
     let rooms = crate::db::rooms::states_of(&mut db, conn.user.id).await?;
     drop(db);
     let baselines: Vec<(Uuid, i64)> = rooms.iter().map(|(room, last, _, _)| (*room, *last)).collect();
     let effective: HashMap<Uuid, i64> = state.hub.attach(conn.session_id, &baselines).await.into_iter().collect();
+    // A removal (or ban) that committed after the read above announced itself before this socket
+    // was attached, so the hub could not detach it: re-read the memberships now that it is.
+    let mut db = state.db_conn().await?;
+    let still: std::collections::HashSet<Uuid> =
+        crate::db::rooms::room_ids_of(&mut db, conn.user.id).await?.into_iter().collect();
+    drop(db);
+    let rooms: Vec<_> = rooms.into_iter().filter(|(room, ..)| still.contains(room)).collect();
+    for (room, _) in &baselines {
+        if !still.contains(room) {
+            state.hub.detach(conn.session_id, *room);
+        }
+    }
     let rooms = rooms
         .into_iter()
         .map(|(room_id, last, delivered_seq, read_seq)| {
@@ -168,8 +205,21 @@ async fn send_ready(conn: &mut Connection) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The status code that answers a client's close: its own (RFC 6455 §5.5.1), or 1002 for one that no
+/// endpoint may send (§7.4). The codec already refuses those as a protocol error; this does not rely
+/// on it.
+fn echoed_close_code(code: u16) -> u16 {
+    if matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        code
+    } else {
+        1002
+    }
+}
+
 fn closing(control: &SessionControl) -> End {
     match control.close_code() {
+        // The session's own expiry timer does not go through the control; only a revocation does.
+        Some(close_code::TOKEN_REVOKED) => End::Code(close_code::TOKEN_REVOKED, "token_revoked"),
         Some(close_code::SLOW_CONSUMER) => End::Code(close_code::SLOW_CONSUMER, "slow_consumer"),
         Some(close_code::SERVICE_RESTART) => End::Code(close_code::SERVICE_RESTART, "draining"),
         Some(code) => End::Code(code, "closed"),
@@ -218,12 +268,23 @@ async fn serve(conn: &mut Connection, inbound: &mut Inbound, control: &SessionCo
                         conn.out.release();
                     }
                     Some(Ok(Incoming::Binary)) => {
-                        let error = ApiError::field("frame", "binary frames are not supported; send JSON text");
+                        let metrics = &conn.state.metrics;
+                        let error = match conn.rate.take() {
+                            Ok(()) => {
+                                metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
+                                ApiError::field("frame", "binary frames are not supported; send JSON text")
+                            }
+                            Err(retry_after) => {
+                                metrics.ws_frames_total.with_label_values(&["rate_limited"]).inc();
+                                ApiError::RateLimited(retry_after.max(1))
+                            }
+                        };
                         conn.out.text(error_frame(&error));
                     }
                     Some(Ok(Incoming::Ping(bytes))) => conn.out.pong(bytes),
                     Some(Ok(Incoming::Pong)) => {}
-                    Some(Ok(Incoming::Close)) | None => return End::Client,
+                    Some(Ok(Incoming::Close(code))) => return End::ClientClose(code),
+                    None => return End::Client,
                     // A text frame that is not UTF-8: 1007.
                     Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
                         return End::Code(1007, "protocol_error");
@@ -247,17 +308,35 @@ async fn serve(conn: &mut Connection, inbound: &mut Inbound, control: &SessionCo
     }
 }
 
+/// A client frame's envelope as [`RawFrame`] reads it, without building `data`: enough to answer
+/// the `ref` of a frame refused before it is parsed.
+#[derive(Deserialize)]
+struct RefOnly<'a> {
+    /// Read only to require a string `event`, as `RawFrame` does.
+    #[serde(borrow, rename = "event")]
+    _event: Cow<'a, str>,
+    #[serde(default, rename = "ref")]
+    reference: Option<String>,
+}
+
 fn error_frame(error: &ApiError) -> ByteString {
     ByteString::from(ServerEvent::Error(ErrorEvent::from(error)).to_frame())
 }
 
 /// Parses and runs one client frame; returns the frames to send back, in order. Every failure is
-/// an `error` event (no `ref`) or a failed `reply` (with `ref`); the socket stays open.
+/// an `error` event (no `ref`) or a failed `reply` (with `ref`); the socket stays open. Every frame
+/// takes a token from the rate limit first, garbage included. No size check here: the frame reader
+/// closes the socket (1009) on a frame or message over `CHORUS_MAX_FRAME_BYTES`.
 async fn handle_text(conn: &mut Connection, text: &str) -> Vec<ByteString> {
     let metrics = conn.state.metrics.clone();
-    if text.len() > conn.state.settings.max_frame_bytes {
-        metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
-        return vec![error_frame(&ApiError::TooLarge(conn.state.settings.max_frame_bytes))];
+    if let Err(retry_after) = conn.rate.take() {
+        metrics.ws_frames_total.with_label_values(&["rate_limited"]).inc();
+        let error = ApiError::RateLimited(retry_after.max(1));
+        // Only the envelope is read, to answer a `ref`; `data` is skipped, not built.
+        return vec![match serde_json::from_str::<RefOnly>(text) {
+            Ok(RefOnly { reference: Some(r), .. }) => ByteString::from(Reply::err(r, &error).to_frame()),
+            _ => error_frame(&error),
+        }];
     }
     let raw: RawFrame = match serde_json::from_str(text) {
         Ok(raw) => raw,
@@ -280,11 +359,6 @@ async fn handle_text(conn: &mut Connection, text: &str) -> Vec<ByteString> {
         }
     };
     let mut frames = Vec::new();
-    if let Err(retry_after) = conn.rate.take() {
-        metrics.ws_frames_total.with_label_values(&["rate_limited"]).inc();
-        answer(&mut frames, Err(ApiError::RateLimited(retry_after.max(1))));
-        return frames;
-    }
     if !CLIENT_EVENTS.contains(&raw.event.as_str()) {
         metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
         let error = ApiError::field("event", format!("unknown event `{}`", raw.event));
@@ -303,4 +377,134 @@ async fn handle_text(conn: &mut Connection, text: &str) -> Vec<ByteString> {
     let result = commands::run(conn, event, &mut frames).await;
     answer(&mut frames, result);
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// What `handle_text` does with a frame's text short of running a command: the envelope
+    /// (whole, or only its `ref` when rate limited), the event's `data`, and the error frame.
+    fn parse_like_handle_text(text: &str) {
+        let _ = serde_json::from_str::<RefOnly>(text);
+        if let Ok(raw) = serde_json::from_str::<RawFrame>(text) {
+            // Unknown events are refused before this in `handle_text`; parsing them must not panic
+            // either.
+            if let Err(e) = ClientEvent::parse(&raw.event, raw.data) {
+                let _ = error_frame(&e);
+            }
+        }
+    }
+
+    const FIELDS: &[&str] = &[
+        "room_id",
+        "content",
+        "client_msg_id",
+        "message_id",
+        "rooms",
+        "after_seq",
+        "before_seq",
+        "limit",
+        "delivered_seq",
+        "read_seq",
+        "user_ids",
+        "token",
+        "password",
+    ];
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+            Just(Value::from(Uuid::nil().to_string())),
+            Just(Value::from(Uuid::now_v7().to_string())),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let key = prop_oneof![proptest::sample::select(FIELDS).prop_map(str::to_owned), ".{0,8}"];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(key, inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Envelopes close to valid ones: a real event name (or not), `data` of any shape, a `ref` of
+    /// any type; as text, sometimes cut short or with a character spliced in.
+    fn frame_text() -> impl Strategy<Value = String> {
+        let event = prop_oneof![
+            4 => proptest::sample::select(CLIENT_EVENTS).prop_map(Value::from),
+            1 => ".{0,10}".prop_map(Value::from),
+            1 => json_value(),
+        ];
+        let reference = prop_oneof![Just(None), Just(Some(json!("r1"))), json_value().prop_map(Some)];
+        let envelope = (event, proptest::option::of(json_value()), reference)
+            .prop_map(|(event, data, reference)| {
+                let mut frame = serde_json::Map::new();
+                frame.insert("event".into(), event);
+                if let Some(data) = data {
+                    frame.insert("data".into(), data);
+                }
+                if let Some(reference) = reference {
+                    frame.insert("ref".into(), reference);
+                }
+                Value::Object(frame).to_string()
+            })
+            .boxed();
+        let damaged =
+            (envelope.clone(), any::<usize>(), any::<char>(), any::<bool>()).prop_map(|(text, at, c, cut)| {
+                let mut at = at % (text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                if cut {
+                    text[..at].to_owned()
+                } else {
+                    format!("{}{c}{}", &text[..at], &text[at..])
+                }
+            });
+        prop_oneof![1 => any::<String>(), 3 => envelope, 2 => damaged]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_frame_text_parses_or_is_refused_without_panicking(text in frame_text()) {
+            parse_like_handle_text(&text);
+        }
+    }
+
+    #[test]
+    fn deeply_nested_data_is_refused_not_a_stack_overflow() {
+        let depth = 100_000;
+        let text = format!(r#"{{"event":"send","data":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        assert!(serde_json::from_str::<RawFrame>(&text).is_err());
+        parse_like_handle_text(&text);
+    }
+
+    #[test]
+    fn a_rate_limited_frame_still_has_its_ref_read() {
+        let text = r#"{"event":"send","data":{"content":"x","nested":[[[[1]]]]},"ref":"r7"}"#;
+        let envelope: RefOnly = serde_json::from_str(text).expect("an envelope");
+        assert_eq!(envelope.reference.as_deref(), Some("r7"));
+        // As for `RawFrame`: `event` must be a string, `ref` a string if present.
+        assert!(serde_json::from_str::<RefOnly>(r#"{"event":1,"ref":"r"}"#).is_err());
+        assert!(serde_json::from_str::<RefOnly>(r#"{"event":"ping","ref":1}"#).is_err());
+        assert!(serde_json::from_str::<RefOnly>(r#"{"event":"p\u0069ng","ref":"r"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_client_close_is_echoed_unless_its_code_may_not_be_sent() {
+        for code in [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4000, 4999] {
+            assert_eq!(echoed_close_code(code), code);
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            assert_eq!(echoed_close_code(code), 1002);
+        }
+    }
 }

@@ -22,7 +22,7 @@ fn unix_now() -> u64 {
 }
 
 fn mint(secret: &str, user: &TestUser, iat: u64, exp: u64) -> String {
-    let claims = Claims { sub: user.id, name: user.username.clone(), iat, exp };
+    let claims = Claims { sub: user.id, name: user.username.clone(), iat, exp, gen: 0 };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
         .expect("sign a token")
 }
@@ -491,7 +491,7 @@ async fn rs256_and_eddsa_tokens_work_and_hs256_ones_are_refused_then() {
         // A token signed with a shared secret is no good on a cluster that signs asymmetrically.
         let now = chorus::auth::tokens::unix_now();
         let claims =
-            chorus::auth::tokens::Claims { sub: user.id, name: user.username.clone(), iat: now, exp: now + 60 };
+            chorus::auth::tokens::Claims { sub: user.id, name: user.username.clone(), iat: now, exp: now + 60, gen: 0 };
         let hs = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,

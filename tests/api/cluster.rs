@@ -226,10 +226,6 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() {
     assert_eq!(reply["ok"], false);
     assert_eq!(reply["error"]["code"], "validation");
     assert_eq!(reply["error"]["details"][0]["field"], "content");
-    let big = "x".repeat(70 * 1024);
-    a.emit("send", json!({"room_id": room, "content": big})).await;
-    let err = a.expect("error", |v| v["event"] == "error").await;
-    assert_eq!(err["data"]["code"], "message.too_large");
     let too_long = a.request("send", json!({"room_id": room, "content": "y".repeat(5000)})).await;
     assert_eq!(too_long["error"]["code"], "message.too_large");
     let pong = a.request("ping", json!({})).await;
@@ -238,8 +234,8 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() {
 }
 
 /// The socket's own framing (`src/ws/wire.rs`): fragments are put together, binary frames are
-/// refused with an error, pings are answered; text that is not UTF-8 closes with 1007, and a
-/// fragmented message over the 1 MiB hard cap with 1009.
+/// refused with an error, pings are answered; text that is not UTF-8 closes with 1007. A frame or
+/// fragmented message over the cap closes with 1009 (`tests/api/wire.rs`).
 #[actix_web::test]
 async fn websocket_framing_fragments_pings_and_protocol_errors() {
     use actix_http::ws::Item;
@@ -276,13 +272,6 @@ async fn websocket_framing_fragments_pings_and_protocol_errors() {
     a.send_message(Message::Continuation(Item::FirstText(Bytes::from_static(&[b'{', 0xff])))).await;
     a.send_message(Message::Continuation(Item::Last(Bytes::from_static(&[0xfe, b'}'])))).await;
     assert_eq!(a.until_closed(WAIT).await, Some(1007), "text that is not UTF-8");
-
-    let mut b = WsClient::connect(&nodes[0], &alice.token).await;
-    let chunk = Bytes::from(vec![b'x'; 512 * 1024]);
-    b.send_message(Message::Continuation(Item::FirstText(chunk.clone()))).await;
-    b.send_message(Message::Continuation(Item::Continue(chunk.clone()))).await;
-    b.send_message(Message::Continuation(Item::Last(chunk))).await;
-    assert_eq!(b.until_closed(WAIT).await, Some(1009), "a fragmented message over the hard cap");
 }
 
 #[actix_web::test]
@@ -310,8 +299,13 @@ async fn an_expired_token_closes_the_socket_unless_auth_swapped_in_a_fresh_one()
     let secret = "test-secret-that-is-long-enough-0123456789";
     let mint = |ttl: u64| {
         let now = chorus::auth::tokens::unix_now();
-        let claims =
-            chorus::auth::tokens::Claims { sub: alice.id, name: alice.username.clone(), iat: now, exp: now + ttl };
+        let claims = chorus::auth::tokens::Claims {
+            sub: alice.id,
+            name: alice.username.clone(),
+            iat: now,
+            exp: now + ttl,
+            gen: 0,
+        };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,

@@ -9,4 +9,6 @@ mod metrics;
 mod ops;
 mod resilience;
 mod rooms;
+mod security;
+mod wire;
 mod ws;

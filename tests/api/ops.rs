@@ -337,7 +337,16 @@ fn table_exists(conn: &mut AsyncConnectionWrapper<AsyncPgConnection>, table: &st
     row.present
 }
 
-const TABLES: [&str; 6] = ["users", "refresh_families", "refresh_tokens", "rooms", "room_members", "messages"];
+const TABLES: [&str; 8] = [
+    "users",
+    "refresh_families",
+    "refresh_tokens",
+    "rooms",
+    "room_members",
+    "messages",
+    "room_bans",
+    "token_revocations",
+];
 
 #[actix_web::test]
 async fn migrations_revert_and_reapply_cleanly() {
@@ -374,6 +383,12 @@ async fn migrations_revert_and_reapply_cleanly() {
         rooms::table.select(rooms::all_columns).limit(0).execute(&mut conn).expect("rooms columns");
         room_members::table.select(room_members::all_columns).limit(0).execute(&mut conn).expect("room_members");
         messages::table.select(messages::all_columns).limit(0).execute(&mut conn).expect("messages columns");
+        room_bans::table.select(room_bans::all_columns).limit(0).execute(&mut conn).expect("room_bans columns");
+        token_revocations::table
+            .select(token_revocations::all_columns)
+            .limit(0)
+            .execute(&mut conn)
+            .expect("token_revocations columns");
     })
     .await
     .expect("the migration round trip");

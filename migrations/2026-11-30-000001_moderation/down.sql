@@ -1,0 +1,2 @@
+DROP TABLE token_revocations;
+DROP TABLE room_bans;
