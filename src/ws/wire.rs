@@ -45,7 +45,7 @@ struct Shared {
     /// While set, the body leaves the hub's queue alone.
     held: bool,
     /// A close frame to write (after the replies), after which the body ends.
-    close: Option<CloseReason>,
+    close: Option<Message>,
     /// The session is gone: end the body after the replies.
     ended: bool,
     /// The connection is gone (the body was dropped): the session should end.
@@ -92,8 +92,18 @@ impl Outgoing {
 
     /// Writes a close frame after what the session already wrote; the hub's queue is abandoned.
     pub fn close(&self, code: u16, description: &str) {
+        self.set_close(Some(CloseReason { code: code.into(), description: Some(description.to_owned()) }));
+    }
+
+    /// Answers the client's close (RFC 6455 §5.5.1) with its own status code, or with an empty
+    /// close if it sent none; like [`Outgoing::close`] otherwise.
+    pub fn close_echo(&self, code: Option<u16>) {
+        self.set_close(code.map(|code| CloseReason { code: code.into(), description: None }));
+    }
+
+    fn set_close(&self, reason: Option<CloseReason>) {
         let mut shared = self.shared.borrow_mut();
-        shared.close = Some(CloseReason { code: code.into(), description: Some(description.to_owned()) });
+        shared.close = Some(Message::Close(reason));
         wake(&mut shared.body);
     }
 
@@ -192,8 +202,8 @@ impl Stream for SocketBody {
             }
             wake(&mut shared.session);
         }
-        if let Some(reason) = shared.close.take() {
-            encode(codec, buf, Message::Close(Some(reason)));
+        if let Some(close) = shared.close.take() {
+            encode(codec, buf, close);
             *done = true;
         } else if shared.ended {
             *done = true;
@@ -249,73 +259,122 @@ pub fn pair(queue: mpsc::Receiver<Outbound>) -> (Outgoing, SocketBody) {
 }
 
 /// A complete message from the client (continuations already put together).
+#[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Text(ByteString),
     Binary,
     Ping(Bytes),
     Pong,
-    Close,
+    /// The client's close, with its status code if it sent one. The codec has already refused a
+    /// close whose code no endpoint may send (1005, 1006, 1015, reserved ranges) or whose reason is
+    /// not UTF-8 (`ProtocolError::BadOpCode`).
+    Close(Option<u16>),
 }
 
-/// Frames from the client, read from the upgraded request's payload.
-pub struct Inbound {
-    payload: actix_http::Payload,
+/// The longest frame header a client can send: 2 bytes, a 64-bit length, a 4-byte mask.
+#[cfg(test)]
+const MAX_FRAME_HEADER: usize = 14;
+
+/// RFC 6455 §5.5: a control frame's payload is at most 125 bytes.
+const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// Decodes and reassembles client frames from bytes it is fed; no I/O, so tests can drive it.
+///
+/// What it holds is bounded by `max_message`: a frame whose *header* declares more than that, or
+/// a fragment that would grow its message past it, fails with `Overflow` as soon as the header is
+/// in, before any of its payload is kept. actix-http's codec alone does not do this: it checks
+/// `max_size` only once the whole frame is buffered (`Parser::parse`), so a header declaring 1 GiB
+/// would have the connection buffer whatever the client sends. Once `next_message` has returned
+/// `None`, the bytes it holds are fewer than `max_message + MAX_FRAME_HEADER + 125` (one
+/// incomplete frame, and a fragmented message that frame may be a control frame inside of).
+pub struct FrameReader {
     buf: BytesMut,
     codec: Codec,
     /// A fragmented message being put together: whether it is text, and its parts so far.
     partial: Option<(bool, BytesMut)>,
     max_message: usize,
-    ended: bool,
+    failed: bool,
 }
 
-impl Inbound {
-    /// `max_message` bounds one frame and one whole fragmented message (beyond it: `Overflow`).
-    pub fn new(payload: actix_http::Payload, max_message: usize) -> Self {
-        Inbound {
-            payload,
+impl FrameReader {
+    /// `max_message` bounds one frame's payload and one whole fragmented message.
+    pub fn new(max_message: usize) -> Self {
+        FrameReader {
             buf: BytesMut::new(),
             codec: Codec::new().max_size(max_message),
             partial: None,
             max_message,
-            ended: false,
+            failed: false,
         }
     }
 
-    pub async fn recv(&mut self) -> Option<Result<Incoming, ProtocolError>> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+    /// Adds bytes from the connection. Ignored once the reader has failed.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if !self.failed {
+            self.buf.extend_from_slice(bytes);
+        }
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Incoming, ProtocolError>>> {
+    /// Bytes held: input not yet decoded, and the parts of a fragmented message.
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
+        self.buf.len() + self.partial.as_ref().map_or(0, |(_, parts)| parts.len())
+    }
+
+    /// The next complete message, an error (after which the reader yields nothing more), or `None`
+    /// when it needs more bytes.
+    pub fn next_message(&mut self) -> Option<Result<Incoming, ProtocolError>> {
+        if self.failed {
+            return None;
+        }
         loop {
+            if let Err(e) = self.check_header() {
+                return Some(self.fail(e));
+            }
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(frame)) => match self.assemble(frame) {
-                    Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                    Ok(Some(message)) => return Some(Ok(message)),
                     Ok(None) => continue,
-                    Err(e) => return self.fail(e),
+                    Err(e) => return Some(self.fail(e)),
                 },
-                Ok(None) => {}
-                Err(e) => return self.fail(e),
-            }
-            if self.buf.is_empty() {
-                // Let go of the connection's read buffer, which an empty slice of it keeps alive.
-                self.buf = BytesMut::new();
-            }
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut self.payload).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => self.buf.extend_from_slice(&bytes),
-                Poll::Ready(Some(Err(e))) => return self.fail(ProtocolError::Io(std::io::Error::other(e))),
-                Poll::Ready(None) => self.ended = true,
-                Poll::Pending => return Poll::Pending,
+                Ok(None) => {
+                    if self.buf.is_empty() {
+                        // Let go of the allocation the last frame came from, which an empty
+                        // remainder of it keeps alive.
+                        self.buf = BytesMut::new();
+                    }
+                    return None;
+                }
+                Err(e) => return Some(self.fail(e)),
             }
         }
     }
 
-    fn fail(&mut self, error: ProtocolError) -> Poll<Option<Result<Incoming, ProtocolError>>> {
-        self.ended = true;
+    fn fail(&mut self, error: ProtocolError) -> Result<Incoming, ProtocolError> {
+        self.failed = true;
         self.buf = BytesMut::new();
-        Poll::Ready(Some(Err(error)))
+        self.partial = None;
+        Err(error)
+    }
+
+    /// Refuses the next frame on its header alone if its payload could not be kept.
+    fn check_header(&self) -> Result<(), ProtocolError> {
+        let Some(length) = declared_length(&self.buf) else { return Ok(()) };
+        let opcode = self.buf[0] & 0x0F;
+        if opcode & 0x08 != 0 && length > MAX_CONTROL_PAYLOAD {
+            return Err(ProtocolError::InvalidLength(usize::try_from(length).unwrap_or(usize::MAX)));
+        }
+        // A data frame while a fragmented message is open counts on top of it: a continuation adds
+        // to it, and a new text or binary frame there is an error the codec finds only once the
+        // frame is whole. Control frames (checked above) are small.
+        let held = match (opcode, &self.partial) {
+            (0..=2, Some((_, parts))) => parts.len() as u64,
+            _ => 0,
+        };
+        if length.saturating_add(held) > self.max_message as u64 {
+            return Err(ProtocolError::Overflow);
+        }
+        Ok(())
     }
 
     fn assemble(&mut self, frame: Frame) -> Result<Option<Incoming>, ProtocolError> {
@@ -324,7 +383,7 @@ impl Inbound {
             Frame::Binary(_) => Incoming::Binary,
             Frame::Ping(bytes) => Incoming::Ping(bytes),
             Frame::Pong(_) => Incoming::Pong,
-            Frame::Close(_) => Incoming::Close,
+            Frame::Close(reason) => Incoming::Close(reason.map(|r| r.code.into())),
             Frame::Continuation(item) => {
                 let (first, part, last) = match item {
                     Item::FirstText(part) => (Some(true), part, false),
@@ -338,6 +397,7 @@ impl Inbound {
                     (Some(_), Some(_)) => return Err(ProtocolError::ContinuationStarted),
                     (None, None) => return Err(ProtocolError::ContinuationNotStarted),
                 }
+                // Unreachable after `check_header`; kept so the bound does not rest on it alone.
                 if self.partial.as_ref().is_some_and(|(_, parts)| parts.len() > self.max_message) {
                     return Err(ProtocolError::Overflow);
                 }
@@ -353,7 +413,322 @@ impl Inbound {
     }
 }
 
+/// The payload length a frame header declares, once the bytes that carry it are in (RFC 6455 §5.2).
+fn declared_length(buf: &[u8]) -> Option<u64> {
+    let second = *buf.get(1)?;
+    match second & 0x7F {
+        126 => buf.get(2..4).map(|b| u64::from(u16::from_be_bytes([b[0], b[1]]))),
+        127 => buf.get(2..10).map(|b| u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+        short => Some(u64::from(short)),
+    }
+}
+
+/// Frames from the client, read from the upgraded request's payload.
+pub struct Inbound {
+    payload: actix_http::Payload,
+    reader: FrameReader,
+    ended: bool,
+}
+
+impl Inbound {
+    /// `max_message` bounds one frame and one whole fragmented message (beyond it: `Overflow`).
+    pub fn new(payload: actix_http::Payload, max_message: usize) -> Self {
+        Inbound { payload, reader: FrameReader::new(max_message), ended: false }
+    }
+
+    pub async fn recv(&mut self) -> Option<Result<Incoming, ProtocolError>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Incoming, ProtocolError>>> {
+        loop {
+            if let Some(result) = self.reader.next_message() {
+                self.ended |= result.is_err();
+                return Poll::Ready(Some(result));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            // Read only when what is buffered holds no whole message: the buffer stays within one
+            // frame (bounded by the reader) plus one chunk of the connection's reads.
+            match Pin::new(&mut self.payload).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => self.reader.feed(&bytes),
+                Poll::Ready(Some(Err(e))) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(ProtocolError::Io(std::io::Error::other(e)))));
+                }
+                Poll::Ready(None) => self.ended = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
 /// A text frame's payload, which must be UTF-8 (else 1007, as `InvalidData`).
 fn text(bytes: Bytes) -> Result<ByteString, ProtocolError> {
     ByteString::try_from(bytes).map_err(|e| ProtocolError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One client frame as bytes, with whatever header fields the test chooses.
+    struct RawFrame {
+        fin: bool,
+        rsv: u8,
+        opcode: u8,
+        mask: Option<[u8; 4]>,
+        /// 0: 7-bit length, 1: 16-bit, 2: 64-bit (a length that does not fit the 7-bit field
+        /// always uses a wider one).
+        width: u8,
+        /// A length to declare instead of the payload's own.
+        declared: Option<u64>,
+        payload: Vec<u8>,
+    }
+
+    impl RawFrame {
+        fn client(fin: bool, opcode: u8, payload: &[u8]) -> RawFrame {
+            RawFrame {
+                fin,
+                rsv: 0,
+                opcode,
+                mask: Some([0x37, 0xfa, 0x21, 0x3d]),
+                width: 0,
+                declared: None,
+                payload: payload.to_vec(),
+            }
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            let mut out = vec![(u8::from(self.fin) << 7) | ((self.rsv & 7) << 4) | (self.opcode & 0x0F)];
+            let masked = if self.mask.is_some() { 0x80 } else { 0 };
+            let length = self.declared.unwrap_or(self.payload.len() as u64);
+            if self.width == 2 || length > u64::from(u16::MAX) {
+                out.push(masked | 127);
+                out.extend_from_slice(&length.to_be_bytes());
+            } else if self.width == 1 || length > 125 {
+                out.push(masked | 126);
+                out.extend_from_slice(&(length as u16).to_be_bytes());
+            } else {
+                out.push(masked | length as u8);
+            }
+            match self.mask {
+                Some(key) => {
+                    out.extend_from_slice(&key);
+                    out.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+                }
+                None => out.extend_from_slice(&self.payload),
+            }
+            out
+        }
+    }
+
+    /// Feeds `input` in chunks of the given sizes (cycled), reading every message out after each
+    /// chunk as `Inbound` does, and checks the reader's bounds all along. Returns what came out.
+    fn run(max_message: usize, input: &[u8], chunks: &[usize]) -> Vec<Result<Incoming, String>> {
+        let mut reader = FrameReader::new(max_message);
+        let mut out = Vec::new();
+        let mut rest = input;
+        let mut sizes = chunks.iter().copied().cycle();
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(sizes.next().unwrap_or(1).clamp(1, rest.len()));
+            rest = tail;
+            reader.feed(chunk);
+            while let Some(result) = reader.next_message() {
+                let failed = result.is_err();
+                out.push(result.map_err(|e| e.to_string()));
+                if failed {
+                    assert!(reader.next_message().is_none(), "nothing after an error");
+                    assert_eq!(reader.buffered(), 0, "an error lets go of the buffer");
+                }
+            }
+            assert!(
+                reader.buffered() < max_message + MAX_FRAME_HEADER + MAX_CONTROL_PAYLOAD as usize,
+                "{} bytes held with max_message {max_message}",
+                reader.buffered()
+            );
+            if let Some((_, parts)) = &reader.partial {
+                assert!(parts.len() <= max_message);
+            }
+        }
+        for message in out.iter().flatten() {
+            if let Incoming::Text(text) = message {
+                assert!(text.len() <= max_message);
+            }
+        }
+        out
+    }
+
+    /// A message a well-behaved client sends, and what the reader should make of it.
+    #[derive(Debug, Clone)]
+    enum Sent {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<u16>),
+        /// A text message in fragments (split at the given byte offsets, at least one), with a
+        /// ping after the first fragment.
+        Fragmented(String, Vec<usize>),
+    }
+
+    impl Sent {
+        fn frames(&self) -> Vec<RawFrame> {
+            match self {
+                Sent::Text(text) => vec![RawFrame::client(true, 1, text.as_bytes())],
+                Sent::Binary(bytes) => vec![RawFrame::client(true, 2, bytes)],
+                Sent::Ping(bytes) => vec![RawFrame::client(true, 9, bytes)],
+                Sent::Pong(bytes) => vec![RawFrame::client(true, 10, bytes)],
+                Sent::Close(code) => {
+                    let payload = code.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default();
+                    vec![RawFrame::client(true, 8, &payload)]
+                }
+                Sent::Fragmented(text, cuts) => {
+                    let bytes = text.as_bytes();
+                    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+                    cuts.sort_unstable();
+                    let mut bounds = vec![0];
+                    bounds.extend(cuts);
+                    bounds.push(bytes.len());
+                    let last = bounds.len() - 2;
+                    let mut frames = Vec::new();
+                    for (i, pair) in bounds.windows(2).enumerate() {
+                        let opcode = if i == 0 { 1 } else { 0 };
+                        frames.push(RawFrame::client(i == last, opcode, &bytes[pair[0]..pair[1]]));
+                        if i == 0 && last > 0 {
+                            frames.push(RawFrame::client(true, 9, b"mid"));
+                        }
+                    }
+                    frames
+                }
+            }
+        }
+
+        fn expected(&self) -> Vec<Incoming> {
+            match self {
+                Sent::Text(text) => vec![Incoming::Text(text.as_str().into())],
+                Sent::Binary(_) => vec![Incoming::Binary],
+                Sent::Ping(bytes) => vec![Incoming::Ping(Bytes::from(bytes.clone()))],
+                Sent::Pong(_) => vec![Incoming::Pong],
+                Sent::Close(code) => vec![Incoming::Close(*code)],
+                // At least one cut, so at least two fragments and the ping between them.
+                Sent::Fragmented(text, _) => {
+                    vec![Incoming::Ping(Bytes::from_static(b"mid")), Incoming::Text(text.as_str().into())]
+                }
+            }
+        }
+    }
+
+    fn sent() -> impl Strategy<Value = Sent> {
+        let control = proptest::collection::vec(any::<u8>(), 0..=125);
+        let close_code = prop_oneof![Just(1000u16), Just(1001), 1007u16..=1014, 3000u16..=4999];
+        prop_oneof![
+            ".{0,300}".prop_map(Sent::Text),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Sent::Binary),
+            control.clone().prop_map(Sent::Ping),
+            control.prop_map(Sent::Pong),
+            proptest::option::of(close_code).prop_map(Sent::Close),
+            (".{0,300}", proptest::collection::vec(any::<usize>(), 1..5)).prop_map(|(t, c)| Sent::Fragmented(t, c)),
+        ]
+    }
+
+    /// Any header a hostile client can write, biased towards ones the codec gets past (masked, no
+    /// reserved bits), so that lengths, opcodes and fragment order are what gets exercised.
+    fn hostile_frame() -> impl Strategy<Value = Vec<u8>> {
+        let frame = (
+            any::<bool>(),
+            prop_oneof![9 => Just(0u8), 1 => 0u8..8],
+            prop_oneof![4 => 0u8..3, 2 => 8u8..11, 1 => 0u8..16],
+            prop_oneof![9 => any::<[u8; 4]>().prop_map(Some), 1 => Just(None)],
+            0u8..3,
+            prop_oneof![
+                8 => Just(None),
+                1 => (0u64..2048).prop_map(Some),
+                1 => any::<u64>().prop_map(Some),
+            ],
+            proptest::collection::vec(any::<u8>(), 0..400),
+        )
+            .prop_map(|(fin, rsv, opcode, mask, width, declared, payload)| {
+                RawFrame { fin, rsv, opcode, mask, width, declared, payload }.bytes()
+            });
+        prop_oneof![9 => frame, 1 => proptest::collection::vec(any::<u8>(), 0..32)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes, shaped like frames or not, however they are split: no panic, and the
+        /// reader never holds more than one frame's worth past `max_message` (see `run`).
+        #[test]
+        fn hostile_bytes_never_panic_and_stay_bounded(
+            max_message in 0usize..1024,
+            frames in proptest::collection::vec(hostile_frame(), 0..12),
+            chunks in proptest::collection::vec(1usize..600, 1..8),
+        ) {
+            run(max_message, &frames.concat(), &chunks);
+        }
+
+        /// What a well-behaved client sends comes out message for message, however the bytes
+        /// arrive.
+        #[test]
+        fn well_formed_frames_decode_the_same_however_they_are_chunked(
+            messages in proptest::collection::vec(sent(), 0..8),
+            chunks in proptest::collection::vec(1usize..400, 1..8),
+        ) {
+            let input: Vec<u8> = messages.iter().flat_map(Sent::frames).flat_map(|f| f.bytes()).collect();
+            let expected: Vec<Result<Incoming, String>> = messages.iter().flat_map(Sent::expected).map(Ok).collect();
+            // Every text here is at most 300 chars of up to 4 bytes each.
+            prop_assert_eq!(run(1200, &input, &chunks), expected);
+        }
+    }
+
+    /// The cap holds on the header: the payload of an oversized frame is never waited for.
+    #[test]
+    fn an_oversized_frame_fails_on_its_header() {
+        for declared in [65, 1 << 20, u64::MAX >> 1, u64::MAX] {
+            let mut frame = RawFrame::client(true, 1, b"");
+            frame.declared = Some(declared);
+            let mut reader = FrameReader::new(64);
+            reader.feed(&frame.bytes());
+            assert!(
+                matches!(reader.next_message(), Some(Err(ProtocolError::Overflow))),
+                "a header declaring {declared} bytes"
+            );
+        }
+        // A fragment that would take its message past the cap fails on its header too.
+        let mut reader = FrameReader::new(64);
+        reader.feed(&RawFrame::client(false, 1, &[b'x'; 40]).bytes());
+        assert!(reader.next_message().is_none());
+        let mut second = RawFrame::client(true, 0, b"");
+        second.declared = Some(25);
+        reader.feed(&second.bytes());
+        assert!(matches!(reader.next_message(), Some(Err(ProtocolError::Overflow))));
+        // A frame exactly at the cap is fine.
+        let mut reader = FrameReader::new(64);
+        reader.feed(&RawFrame::client(true, 1, &[b'x'; 64]).bytes());
+        assert!(matches!(reader.next_message(), Some(Ok(Incoming::Text(t))) if t.len() == 64));
+    }
+
+    #[test]
+    fn a_control_frame_over_125_bytes_fails_on_its_header() {
+        let mut frame = RawFrame::client(true, 9, b"");
+        frame.declared = Some(126);
+        let mut reader = FrameReader::new(1024);
+        reader.feed(&frame.bytes());
+        assert!(matches!(reader.next_message(), Some(Err(ProtocolError::InvalidLength(126)))));
+    }
+
+    #[test]
+    fn a_close_carries_its_code_and_a_forbidden_code_is_a_protocol_error() {
+        let mut reader = FrameReader::new(64);
+        reader.feed(&RawFrame::client(true, 8, &4321u16.to_be_bytes()).bytes());
+        assert_eq!(reader.next_message().and_then(Result::ok), Some(Incoming::Close(Some(4321))));
+        for code in [1005u16, 1006, 1015, 999, 1004, 2000, 5000] {
+            let mut reader = FrameReader::new(64);
+            reader.feed(&RawFrame::client(true, 8, &code.to_be_bytes()).bytes());
+            assert!(matches!(reader.next_message(), Some(Err(_))), "close code {code}");
+        }
+    }
 }

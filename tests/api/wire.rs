@@ -1,0 +1,231 @@
+//! The WebSocket protocol on the wire against hostile or plain clients (`src/ws/wire.rs`,
+//! `src/ws/session.rs`): the close handshake, the rate limit on malformed frames, and the frame
+//! cap applied on a frame's header. Some tests write frames byte by byte over a raw TCP socket, to
+//! see what the server does before a frame is complete.
+
+use std::time::Duration;
+
+use actix_http::ws::{CloseCode, CloseReason};
+use actix_web::web::Bytes;
+use awc::ws::{Frame, Message};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+use crate::ws::{spawn_cluster, WsClient, WAIT};
+
+/// The close frame that answers `sent`, read past anything else the server writes first.
+async fn close_answer(client: &mut WsClient, sent: Option<CloseReason>) -> Option<Option<CloseReason>> {
+    client.send_message(Message::Close(sent)).await;
+    loop {
+        match client.next_frame(WAIT).await? {
+            Frame::Close(reason) => return Some(reason),
+            _ => continue,
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_client_close_is_answered_with_its_own_code() {
+    let nodes = spawn_cluster(1, |_| {}).await;
+    let alice = nodes[0].user("alice").await;
+
+    for code in [1000u16, 1001, 4321] {
+        let mut a = WsClient::connect(&nodes[0], &alice.token).await;
+        let sent = CloseReason { code: CloseCode::from(code), description: Some("bye".into()) };
+        let answer = close_answer(&mut a, Some(sent)).await.expect("the close is answered with a close frame");
+        assert_eq!(answer.map(|r| u16::from(r.code)), Some(code), "close {code} echoed");
+    }
+
+    // A close without a status code is answered with one without a status code.
+    let mut a = WsClient::connect(&nodes[0], &alice.token).await;
+    let answer = close_answer(&mut a, None).await.expect("the close is answered with a close frame");
+    assert!(answer.is_none(), "an empty close is answered with an empty close: {answer:?}");
+
+    // 1005 says "no status code" and may never be sent (RFC 6455 §7.4.1): a protocol error.
+    let mut a = WsClient::connect(&nodes[0], &alice.token).await;
+    let sent = CloseReason { code: CloseCode::from(1005), description: None };
+    let answer = close_answer(&mut a, Some(sent)).await.expect("a close frame");
+    assert_eq!(answer.map(|r| u16::from(r.code)), Some(1002));
+
+    // The node still counts a client's close as one (the socket is gone from the gauge).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = nodes[0].client.get(nodes[0].url("/metrics")).send().await.expect("metrics").body().await;
+        let text = String::from_utf8_lossy(&metrics.expect("a body")).into_owned();
+        let client_closes = text
+            .lines()
+            .find(|l| l.starts_with("chorus_ws_disconnects_total{") && l.contains("reason=\"client\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if client_closes == Some(4.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "client closes counted: {client_closes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_flood_of_garbage_frames_is_rate_limited() {
+    let nodes = spawn_cluster(1, |s| {
+        s.ws_rate_burst = 10;
+        s.ws_rate_per_s = 1;
+    })
+    .await;
+    let alice = nodes[0].user("alice").await;
+    let mut a = WsClient::connect(&nodes[0], &alice.token).await;
+    for i in 0..100 {
+        if i % 10 == 9 {
+            a.send_message(Message::Binary(Bytes::from_static(b"\x00garbage"))).await;
+        } else {
+            a.send_raw(format!("not json {i}")).await;
+        }
+    }
+    let mut codes = Vec::new();
+    while codes.len() < 100 {
+        let event = a.expect("an error for each garbage frame", |v| v["event"] == "error").await;
+        codes.push(event["data"]["code"].as_str().unwrap_or_default().to_owned());
+    }
+    let limited = codes.iter().filter(|c| *c == "rate_limited").count();
+    let refused = codes.iter().filter(|c| *c == "validation").count();
+    assert_eq!(limited + refused, 100, "{codes:?}");
+    // A burst of 10, plus at most a few tokens earned while the flood is read.
+    assert!((10..=20).contains(&refused), "{refused} garbage frames let through: {codes:?}");
+    assert!(codes[..10].iter().all(|c| c == "validation"), "the burst is used first: {codes:?}");
+
+    // A readable envelope with a `ref` still gets its one reply, refused.
+    let reply = a.request("ping", json!({})).await;
+    assert_eq!(reply["error"]["code"], "rate_limited", "{reply}");
+    assert!(a.closed.is_none());
+}
+
+/// A WebSocket client on a bare TCP socket: it writes frames as bytes, so it can stop in the
+/// middle of one.
+struct RawSocket {
+    stream: TcpStream,
+    /// Read but not yet taken as a frame.
+    buf: Vec<u8>,
+}
+
+impl RawSocket {
+    async fn connect(app: &TestApp, token: &str) -> RawSocket {
+        let host = app.address.trim_start_matches("http://").to_owned();
+        let mut stream = TcpStream::connect(&host).await.expect("tcp connects");
+        let request = format!(
+            "GET /api/v1/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("upgrade request sent");
+        let mut socket = RawSocket { stream, buf: Vec::new() };
+        let head_end = loop {
+            if let Some(at) = socket.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(socket.fill().await > 0, "connection closed during the upgrade");
+        };
+        let head = String::from_utf8_lossy(&socket.buf[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "upgraded: {head}");
+        socket.buf.drain(..head_end);
+        let (opcode, ready) = socket.frame().await.expect("ready arrives");
+        assert_eq!(opcode, 1);
+        assert!(String::from_utf8_lossy(&ready).contains("\"ready\""));
+        socket
+    }
+
+    /// Reads more bytes; 0 at the end of the stream (or on a reset, or after `WAIT`).
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            _ => 0,
+        }
+    }
+
+    /// The next whole server frame (opcode, payload); None if the stream ends first.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let (header, length) = match self.buf[1] & 0x7F {
+                    126 if self.buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]))),
+                    127 if self.buf.len() >= 10 => {
+                        (10, u64::from_be_bytes(self.buf[2..10].try_into().expect("8 bytes")) as usize)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    short => (2, usize::from(short)),
+                };
+                if header != usize::MAX && self.buf.len() >= header + length {
+                    let opcode = self.buf[0] & 0x0F;
+                    let payload = self.buf[header..header + length].to_vec();
+                    self.buf.drain(..header + length);
+                    return Some((opcode, payload));
+                }
+            }
+            if self.fill().await == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// The close frame's status code, skipping other frames.
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let (opcode, payload) = self.frame().await?;
+            if opcode == 8 {
+                return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            }
+        }
+    }
+}
+
+/// The header of a masked client frame declaring `length` bytes of payload.
+fn client_header(fin: bool, opcode: u8, length: u64) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    if length < 126 {
+        out.push(0x80 | length as u8);
+    } else if length <= u64::from(u16::MAX) {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(length as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&length.to_be_bytes());
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as it is
+    out
+}
+
+/// A 200 KiB text frame is refused on its header: the socket closes with 1009 before any of the
+/// payload is sent, so the node never buffers it (before, frames up to 1 MiB were read whole and
+/// answered with an `error`).
+#[actix_web::test]
+async fn a_frame_over_the_cap_is_closed_with_1009_on_its_header() {
+    let nodes = spawn_cluster(1, |_| {}).await;
+    let alice = nodes[0].user("alice").await;
+
+    let mut socket = RawSocket::connect(&nodes[0], &alice.token).await;
+    socket.stream.write_all(&client_header(true, 1, 200 * 1024)).await.expect("header sent");
+    assert_eq!(socket.close_code().await, Some(1009), "closed on the header alone");
+    // And the connection is over: no waiting for the 200 KiB that were never sent.
+    assert!(socket.frame().await.is_none(), "the connection ends after the close frame");
+
+    // A fragmented message is capped while it is put together: 40 KiB, then a fragment declaring
+    // 30 KiB more (70 KiB > 64 KiB) is refused on its header too.
+    let mut socket = RawSocket::connect(&nodes[0], &alice.token).await;
+    let mut first = client_header(false, 1, 40 * 1024);
+    first.extend(std::iter::repeat_n(b' ', 40 * 1024));
+    socket.stream.write_all(&first).await.expect("first fragment sent");
+    socket.stream.write_all(&client_header(true, 0, 30 * 1024)).await.expect("header sent");
+    assert_eq!(socket.close_code().await, Some(1009), "a fragmented message over the cap");
+
+    // A frame at the cap still passes (and is refused as JSON, with the socket left open).
+    let mut a = WsClient::connect(&nodes[0], &alice.token).await;
+    a.send_raw(" ".repeat(64 * 1024)).await;
+    let err = a.expect("error", |v| v["event"] == "error").await;
+    assert_eq!(err["data"]["code"], "validation");
+    let reply = a.request("ping", json!({})).await;
+    assert_eq!(reply["ok"], true);
+}
