@@ -15,6 +15,9 @@ use crate::protocol::ws::{
 };
 use crate::protocol::{Message, Receipt, Role, Room};
 
+/// Waits between attempts to publish a membership change (about 1.5 s in all).
+const MEMBERSHIP_RETRIES_MS: [u64; 4] = [50, 150, 400, 900];
+
 #[derive(Clone)]
 pub struct Fanout {
     bus: Bus,
@@ -29,6 +32,25 @@ impl Fanout {
     async fn emit(&self, channel: String, header: Header, event: &ServerEvent) {
         let envelope = Envelope::new(header, event.to_frame());
         if !self.bus.publish(&channel, &envelope).await {
+            self.hub.dispatch(envelope);
+        }
+    }
+
+    /// Like `emit`, for membership changes, which PostgreSQL cannot stand in for: a lost
+    /// `member_left` would leave a removed member's sockets on other nodes attached to the room
+    /// for as long as the bus stays up there. A failed PUBLISH is retried on a fresh connection
+    /// (the usual cause is a connection that broke); only if Redis stays unreachable is the change
+    /// applied locally alone, and the other nodes, degraded too, then reconcile from PostgreSQL.
+    async fn emit_membership(&self, channel: String, header: Header, event: &ServerEvent) {
+        let envelope = Envelope::new(header, event.to_frame());
+        for backoff_ms in MEMBERSHIP_RETRIES_MS {
+            if self.bus.publish(&channel, &envelope).await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+        }
+        if !self.bus.publish(&channel, &envelope).await {
+            tracing::error!(channel, "membership change not published; applied on this node only");
             self.hub.dispatch(envelope);
         }
     }
@@ -95,8 +117,8 @@ impl Fanout {
         let mut header = Self::room_header(Kind::MemberAdded, room);
         header.user_id = Some(user);
         header.seq = Some(last_seq);
-        self.emit(self.bus.channels.user(user), header, &event).await;
-        self.emit(self.bus.channels.room(room), Self::about(room, user), &event).await;
+        self.emit_membership(self.bus.channels.user(user), header, &event).await;
+        self.emit_membership(self.bus.channels.room(room), Self::about(room, user), &event).await;
     }
 
     /// A room event about `user`, who hears it on their own channel: the room's copy skips them.
@@ -110,10 +132,10 @@ impl Fanout {
     /// which then stop receiving the room.
     pub async fn member_left(&self, room: Uuid, user: Uuid, reason: &str) {
         let event = ServerEvent::MemberLeft(MemberLeft { room_id: room, user_id: user, reason: reason.to_owned() });
-        self.emit(self.bus.channels.room(room), Self::about(room, user), &event).await;
+        self.emit_membership(self.bus.channels.room(room), Self::about(room, user), &event).await;
         let mut header = Self::room_header(Kind::MemberRemoved, room);
         header.user_id = Some(user);
-        self.emit(self.bus.channels.user(user), header, &event).await;
+        self.emit_membership(self.bus.channels.user(user), header, &event).await;
     }
 
     pub async fn member_updated(&self, room: Uuid, user: Uuid, role: Role) {
@@ -134,7 +156,7 @@ impl Fanout {
 
     pub async fn room_deleted(&self, room: Uuid) {
         let event = ServerEvent::RoomDeleted(RoomDeleted { room_id: room });
-        self.emit(self.bus.channels.room(room), Self::room_header(Kind::RoomDeleted, room), &event).await;
+        self.emit_membership(self.bus.channels.room(room), Self::room_header(Kind::RoomDeleted, room), &event).await;
     }
 
     pub async fn presence(&self, user: Uuid, online: bool, last_seen_at: Option<DateTime<Utc>>, rooms: Vec<Uuid>) {

@@ -683,3 +683,88 @@ async fn room_names_are_normalized_and_invisible_characters_refused() {
     let rename = app.patch(&format!("/api/v1/rooms/{room}"), &alice.token, json!({"name": "x\u{200d}y"})).await;
     assert_eq!(rename.status, StatusCode::BAD_REQUEST);
 }
+
+/// A TCP proxy in front of Redis whose open connections can be cut (new ones still go through):
+/// what a node sees when its Redis connections break while Redis itself is fine.
+struct CuttableProxy {
+    port: u16,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: String) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let tracked = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tracked.lock().expect("proxy tasks").push(task);
+            }
+        });
+        CuttableProxy { port, connections, accept }
+    }
+
+    /// Drops every open connection (both ends see the socket close).
+    fn cut(&self) {
+        for task in self.connections.lock().expect("proxy tasks").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[actix_web::test]
+async fn membership_changes_whose_first_publish_fails_still_reach_the_other_nodes() {
+    let redis = redis_url();
+    let upstream = redis.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let proxy = CuttableProxy::start(upstream).await;
+    let database = fresh_database().await;
+    let prefix = format!("chorus-test:{}:", Uuid::new_v4().simple());
+    // Node 0 reaches Redis through the proxy, node 1 directly.
+    let proxied_url = format!("redis://127.0.0.1:{}/", proxy.port);
+    let node0 = spawn_app_on(&database, |s| {
+        s.redis_url = proxied_url.clone();
+        s.redis_prefix = prefix.clone();
+    })
+    .await;
+    let node1 = spawn_app_on(&database, |s| s.redis_prefix = prefix.clone()).await;
+    let owner = node0.user("owner").await;
+    let bob = node1.user("bob").await;
+    let carol = node1.user("carol").await;
+    let room = node0.room(&owner, "private").await;
+    node0.add(&owner, room, &[&carol]).await;
+    let mut bob_ws = WsClient::connect(&node1, &bob.token).await;
+    let mut carol_ws = WsClient::connect(&node1, &carol.token).await;
+    // Node 0's Redis connections break. An add publishes to the added user's channel first: that
+    // is the PUBLISH that meets the dead connection.
+    proxy.cut();
+    node0.add(&owner, room, &[&bob]).await;
+    bob_ws.expect("member_joined", |v| v["event"] == "member_joined").await;
+    assert_eq!(node1.send(&owner, room, "welcome").await.status, StatusCode::CREATED);
+    bob_ws.messages(room, 1).await;
+    // Again for a removal, which publishes to the room first: the room hears it.
+    proxy.cut();
+    let removed = node0.delete(&format!("/api/v1/rooms/{room}/members/{}", bob.id), &owner.token).await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    let left = carol_ws.expect("member_left", |v| v["event"] == "member_left").await;
+    assert_eq!(left["data"]["user_id"], json!(bob.id));
+    bob_ws.expect("member_left", |v| v["event"] == "member_left").await;
+    // A message published by the healthy node does not reach the removed member.
+    assert_eq!(node1.send(&owner, room, "after the removal").await.status, StatusCode::CREATED);
+    let leaked = bob_ws.quiet(Duration::from_millis(700), |v| v["event"] != "message").await;
+    assert!(leaked.is_none(), "the removed member got {leaked:?}");
+}
