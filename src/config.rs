@@ -176,8 +176,8 @@ pub struct Settings {
 
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers name the client (comma-separated CIDRs,
     /// e.g. `10.0.0.0/8,127.0.0.1/32`). Empty: no forwarded header is believed, the TCP peer is the client.
-    #[arg(long, env = "CHORUS_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<Cidr>,
+    #[arg(long, env = "CHORUS_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
 
     /// Most messages one `sync` frame replays across all its rooms (the reply says which rooms have more).
     #[arg(long, env = "CHORUS_SYNC_MAX_MESSAGES", default_value_t = 2000)]
@@ -276,6 +276,24 @@ pub fn unfit_production_secret(secret: &str) -> Option<&'static str> {
         return Some("has fewer than 8 distinct characters, so it is not random");
     }
     None
+}
+
+/// The load balancers whose forwarded headers are believed: comma-separated CIDRs, empty for none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<Cidr>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+}
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',').filter(|c| !c.trim().is_empty()).map(str::parse).collect::<Result<_, _>>().map(TrustedProxies)
+    }
 }
 
 /// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).

@@ -12,27 +12,36 @@ pub mod users;
 
 use std::net::IpAddr;
 
+use actix_web::dev::ServiceResponse;
 use actix_web::error::PathError;
-use actix_web::{web, HttpRequest};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::config::Cidr;
-use crate::error::{ApiError, Missing};
+use crate::config::TrustedProxies;
+use crate::error::{ApiError, ErrorBody, Missing};
 
 /// Registers every route; `max_body` bounds JSON bodies.
 pub fn configure(max_body: usize) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::PayloadConfig::new(max_body))
             .app_data(web::PathConfig::default().error_handler(path_error))
-            .configure(health::routes)
-            .configure(docs::routes)
             .service(
-                web::scope("/api/v1")
-                    .configure(auth::routes)
-                    .configure(users::routes)
-                    .configure(rooms::routes)
-                    .configure(bans::routes)
-                    .configure(messages::routes)
-                    .configure(crate::ws::routes),
+                // Each path is one resource with a route per method, so a method the path does not
+                // serve gets actix's 405 with `Allow`; the wrapper gives it the usual error body.
+                web::scope("")
+                    .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
+                    .configure(health::routes)
+                    .configure(docs::routes)
+                    .service(
+                        web::scope("/api/v1")
+                            .configure(auth::routes)
+                            .configure(users::routes)
+                            .configure(rooms::routes)
+                            .configure(bans::routes)
+                            .configure(messages::routes)
+                            .configure(crate::ws::routes),
+                    ),
             )
             .default_service(web::to(not_found));
     }
@@ -40,6 +49,21 @@ pub fn configure(max_body: usize) -> impl FnOnce(&mut web::ServiceConfig) {
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound(Missing::Route))
+}
+
+/// actix's 405 (which lists the path's methods in `Allow`) with a `method_not_allowed` error body.
+fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let (req, res) = res.into_parts();
+    let mut out = HttpResponse::MethodNotAllowed();
+    if let Some(allow) = res.headers().get(header::ALLOW) {
+        out.insert_header((header::ALLOW, allow.clone()));
+    }
+    let body = ErrorBody {
+        code: "method_not_allowed",
+        message: format!("{} is not served on this path; see Allow", req.method()),
+        details: None,
+    };
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, out.json(body)).map_into_right_body()))
 }
 
 fn path_error(err: PathError, _: &HttpRequest) -> actix_web::Error {
@@ -50,9 +74,9 @@ fn path_error(err: PathError, _: &HttpRequest) -> actix_web::Error {
 /// when the TCP peer is a trusted proxy (`CHORUS_TRUSTED_PROXIES`); the client is then the right-most
 /// address in it that is not itself a trusted proxy. Anyone else can write those headers, so from
 /// an untrusted peer they are ignored and the peer is the client.
-pub fn client_ip(req: &HttpRequest, trusted: &[Cidr]) -> Option<IpAddr> {
+pub fn client_ip(req: &HttpRequest, trusted: &TrustedProxies) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
-    if !trusted.iter().any(|c| c.contains(peer)) {
+    if !trusted.contains(peer) {
         return Some(peer);
     }
     let headers = req.headers();
@@ -74,7 +98,7 @@ pub fn client_ip(req: &HttpRequest, trusted: &[Cidr]) -> Option<IpAddr> {
         forwarded_for
     };
     // Right to left: each trusted proxy appended the address it received the request from.
-    Some(hops.into_iter().rev().find(|ip| !trusted.iter().any(|c| c.contains(*ip))).unwrap_or(peer))
+    Some(hops.into_iter().rev().find(|ip| !trusted.contains(*ip)).unwrap_or(peer))
 }
 
 /// The address in a `Forwarded` `for=` value: `192.0.2.1`, `"192.0.2.1:4711"`, `"[2001:db8::1]:4711"`.
@@ -91,10 +115,10 @@ fn forwarded_node(value: &str) -> Option<IpAddr> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1–200 (default 50).
-    #[param(value_type = i64, minimum = 1, maximum = 200)]
+    #[param(required = false, value_type = i64, minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// Opaque cursor from a previous page's `next_cursor`.
-    #[param(value_type = String)]
+    #[param(required = false, value_type = String)]
     pub cursor: Option<String>,
 }
 
@@ -104,8 +128,8 @@ mod tests {
 
     use super::*;
 
-    fn cidrs(list: &[&str]) -> Vec<Cidr> {
-        list.iter().map(|c| c.parse().expect("test CIDR")).collect()
+    fn cidrs(list: &[&str]) -> TrustedProxies {
+        list.join(",").parse().expect("test CIDRs")
     }
 
     #[test]
@@ -115,7 +139,7 @@ mod tests {
             .insert_header(("x-forwarded-for", "198.51.100.1"))
             .insert_header(("forwarded", "for=198.51.100.2"))
             .to_http_request();
-        assert_eq!(client_ip(&req, &[]), "203.0.113.9".parse().ok());
+        assert_eq!(client_ip(&req, &cidrs(&[])), "203.0.113.9".parse().ok());
         assert_eq!(client_ip(&req, &cidrs(&["10.0.0.0/8"])), "203.0.113.9".parse().ok());
     }
 

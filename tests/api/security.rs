@@ -278,7 +278,7 @@ async fn forwarded_headers_do_not_pick_the_login_bucket_unless_the_peer_is_trust
     // Behind a trusted proxy (here: loopback), each forwarded client has its own bucket.
     let proxied = spawn_app_with(|s| {
         s.auth_rate_per_min = 3;
-        s.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+        s.trusted_proxies = " 127.0.0.1/32, ".parse().expect("CIDR list");
     })
     .await;
     for i in 0..6 {
