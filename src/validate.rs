@@ -152,6 +152,13 @@ pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<String>, ApiError> {
 
 /// Given a page fetched with `limit + 1` rows: trims the extra row and returns the cursor for the
 /// next page if it existed.
+/// A cursor that carries a row id (keyset pagination by id).
+pub fn decode_uuid_cursor(cursor: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
+    decode_cursor(cursor)?
+        .map(|c| c.parse().map_err(|_| ApiError::field("cursor", "is not a cursor this server issued")))
+        .transpose()
+}
+
 pub fn next_cursor<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Option<String> {
     if rows.len() as i64 > limit {
         rows.truncate(limit as usize);

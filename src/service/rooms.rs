@@ -157,9 +157,7 @@ pub async fn list(
     limit: Option<i64>,
 ) -> ApiResult<Page<Room>> {
     let limit = validate::limit(limit)?;
-    let after = validate::decode_cursor(cursor)?
-        .map(|c| c.parse::<Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor this server issued")))
-        .transpose()?;
+    let after = validate::decode_uuid_cursor(cursor)?;
     let mut conn = state.db_conn().await?;
     let mut rows = match scope {
         Scope::Joined => q::list_joined(&mut conn, caller, after, limit + 1).await?,
@@ -564,9 +562,7 @@ pub async fn list_bans(
     limit: Option<i64>,
 ) -> ApiResult<Page<Ban>> {
     let limit = validate::limit(limit)?;
-    let after = validate::decode_cursor(cursor)?
-        .map(|c| c.parse::<Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor this server issued")))
-        .transpose()?;
+    let after = validate::decode_uuid_cursor(cursor)?;
     let mut conn = state.db_conn().await?;
     Access::load(&mut conn, room_id, caller, false).await?.require(Role::Admin)?;
     let mut rows = bans::list(&mut conn, room_id, after, limit + 1).await?;
