@@ -11,11 +11,11 @@ use crate::service::accounts;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/register", web::post().to(register))
-        .route("/auth/login", web::post().to(login))
-        .route("/auth/refresh", web::post().to(refresh))
-        .route("/auth/logout", web::post().to(logout))
-        .route("/auth/logout-all", web::post().to(logout_all));
+    cfg.service(web::resource("/auth/register").route(web::post().to(register)))
+        .service(web::resource("/auth/login").route(web::post().to(login)))
+        .service(web::resource("/auth/refresh").route(web::post().to(refresh)))
+        .service(web::resource("/auth/logout").route(web::post().to(logout)))
+        .service(web::resource("/auth/logout-all").route(web::post().to(logout_all)));
 }
 
 /// Login, register and refresh are limited per client address (see [`super::client_ip`]).

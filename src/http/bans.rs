@@ -13,9 +13,8 @@ use crate::service::rooms;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/rooms/{room_id}/bans", web::post().to(ban))
-        .route("/rooms/{room_id}/bans", web::get().to(list))
-        .route("/rooms/{room_id}/bans/{user_id}", web::delete().to(unban));
+    cfg.service(web::resource("/rooms/{room_id}/bans").route(web::post().to(ban)).route(web::get().to(list)))
+        .service(web::resource("/rooms/{room_id}/bans/{user_id}").route(web::delete().to(unban)));
 }
 
 /// Ban a user: a member is removed at once (their sockets on every node stop receiving the room),

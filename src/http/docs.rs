@@ -73,9 +73,9 @@ impl Modify for BearerAuth {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(OpenApiJson::default()))
-        .route("/api/openapi.json", web::get().to(openapi_json))
-        .route("/docs", web::get().to(docs_page))
-        .route("/", web::get().to(chat_page));
+        .service(web::resource("/api/openapi.json").route(web::get().to(openapi_json)))
+        .service(web::resource("/docs").route(web::get().to(docs_page)))
+        .service(web::resource("/").route(web::get().to(chat_page)));
 }
 
 /// The document as this node serves it: the annotations, plus what depends on the node's settings
@@ -114,4 +114,110 @@ async fn chat_page() -> HttpResponse {
 
 async fn docs_page() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("docs.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    //! What tools need from the document, checked without a node (script/test's schemathesis phase
+    //! checks the served document against a live one).
+
+    use serde_json::Value;
+
+    use super::document;
+
+    fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                ops.push((method.to_uppercase(), path.clone(), op));
+            }
+        }
+        ops
+    }
+
+    fn statuses(op: &Value) -> Vec<&str> {
+        op["responses"].as_object().expect("responses").keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn every_path_parameter_is_declared_as_a_uuid() {
+        let doc = document(4096);
+        for (method, path, op) in operations(&doc) {
+            let names: Vec<&str> = path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')).collect();
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for name in &names {
+                let param = params.iter().find(|p| p["name"] == *name && p["in"] == "path");
+                let param = param.unwrap_or_else(|| panic!("{method} {path}: path parameter {name} not declared"));
+                assert_eq!(param["required"], true, "{method} {path} {name}");
+                assert_eq!(param["schema"]["format"], "uuid", "{method} {path} {name}");
+            }
+            for p in params.iter().filter(|p| p["in"] == "path") {
+                assert!(names.contains(&p["name"].as_str().unwrap_or_default()), "{method} {path}: stray {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_optional_and_bounded() {
+        let doc = document(4096);
+        for (method, path, op) in operations(&doc) {
+            for p in op["parameters"].as_array().into_iter().flatten().filter(|p| p["in"] == "query") {
+                assert_eq!(p["required"], false, "{method} {path} {}", p["name"]);
+                match p["name"].as_str() {
+                    Some("limit") => {
+                        assert_eq!((&p["schema"]["minimum"], &p["schema"]["maximum"]), (&1.into(), &200.into()))
+                    }
+                    Some("before_seq" | "after_seq") => assert_eq!(p["schema"]["minimum"], 0),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_operation_lists_the_errors_it_can_answer() {
+        let doc = document(4096);
+        for (method, path, op) in operations(&doc) {
+            let listed = statuses(op);
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            let has_input = op["parameters"].as_array().is_some_and(|p| !p.is_empty()) || !op["requestBody"].is_null();
+            let expect = |status: &str, why: &str| {
+                assert!(listed.contains(&status), "{method} {path}: {status} ({why}) not documented: {listed:?}")
+            };
+            if secured {
+                expect("401", "bearer token");
+                assert_eq!(op["security"][0]["bearer"], serde_json::json!([]), "{method} {path}");
+            }
+            if has_input {
+                expect("400", "validation");
+            }
+            if !op["requestBody"].is_null() {
+                expect("413", "body limit");
+            }
+            if path.starts_with("/api/v1/") {
+                expect("503", "stores unavailable");
+            }
+            for (status, response) in op["responses"].as_object().expect("responses") {
+                let described = response["description"].as_str().is_some_and(|d| !d.is_empty())
+                    || response["$ref"].as_str().is_some_and(|r| r.starts_with("#/components/responses/"));
+                assert!(described, "{method} {path} {status}: a response needs a description");
+                if status.starts_with('4') || (status.starts_with('5') && path.starts_with("/api/")) {
+                    let schema = response.pointer("/content/application~1json/schema/$ref");
+                    let shared = response["$ref"].is_string();
+                    assert!(
+                        shared || schema == Some(&"#/components/schemas/ErrorBody".into()),
+                        "{method} {path} {status}: error responses carry ErrorBody"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn message_content_is_bounded_by_the_setting() {
+        let doc = document(1234);
+        for name in ["SendMessageRequest", "EditMessageRequest"] {
+            assert_eq!(doc["components"]["schemas"][name]["properties"]["content"]["maxLength"], 1234, "{name}");
+        }
+    }
 }

@@ -33,25 +33,68 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let json_type = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
-        let limit = req.app_data::<web::Data<crate::startup::AppState>>().map_or(0, |s| s.settings.max_frame_bytes);
-        let body = web::Bytes::from_request(req, payload);
+        let body = json_body(req, payload);
         Box::pin(async move {
-            let bytes = body.await.map_err(|e| match e.as_response_error().status_code() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit),
-                _ => ApiError::field("body", e.to_string()),
-            })?;
-            if !json_type {
-                return Err(ApiError::field("body", "Content-Type must be application/json"));
-            }
-            let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-            serde_path_to_error::deserialize(&mut deserializer).map(Json).map_err(|e| ApiError::from_serde(e, "body"))
+            let (bytes, json_type) = body.await?;
+            parse(&bytes, json_type).map(Json)
         })
     }
+}
+
+/// A JSON request body that may be left out: no body (or `null`) is `None`, but a body that is there
+/// must be valid (the same errors as [`Json`]), so a mistyped field is never silently ignored.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T> OptionalJson<T> {
+    pub fn into_inner(self) -> Option<T> {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = json_body(req, payload);
+        Box::pin(async move {
+            let (bytes, json_type) = body.await?;
+            if bytes.is_empty() {
+                return Ok(OptionalJson(None));
+            }
+            parse(&bytes, json_type).map(OptionalJson)
+        })
+    }
+}
+
+/// The body's bytes (bounded by the node's body limit) and whether its Content-Type is JSON.
+fn json_body(req: &HttpRequest, payload: &mut Payload) -> impl Future<Output = Result<(web::Bytes, bool), ApiError>> {
+    let json_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
+    let limit = req.app_data::<web::Data<crate::startup::AppState>>().map_or(0, |s| s.settings.max_frame_bytes);
+    let body = web::Bytes::from_request(req, payload);
+    async move {
+        let bytes = body.await.map_err(|e| match e.as_response_error().status_code() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit),
+            _ => ApiError::field("body", e.to_string()),
+        })?;
+        Ok((bytes, json_type))
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8], json_type: bool) -> Result<T, ApiError> {
+    if !json_type {
+        return Err(ApiError::field("body", "Content-Type must be application/json"));
+    }
+    // serde would take an array for a struct (its fields in order); every body here is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| ApiError::from_serde(e, "body"))
 }
 
 /// Query-string parameters.

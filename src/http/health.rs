@@ -9,9 +9,15 @@ use serde::Serialize;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+    cfg.service(web::resource("/healthz").route(web::get().to(healthz)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .service(web::resource("/metrics").route(web::get().to(metrics)));
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    pub status: &'static str,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -24,13 +30,14 @@ pub struct Readiness {
 }
 
 /// Liveness: answers while the process can serve HTTP at all.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200)))]
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = Liveness)))]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(Liveness { status: "ok" })
 }
 
 /// Readiness: PostgreSQL and Redis reachable and the node not draining; 503 otherwise.
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: a store is unreachable, or the node is draining", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
     let draining = state.draining.load(Ordering::Relaxed);
@@ -58,7 +65,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus text exposition of this node's metrics.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let status = state.db.status();
     state.metrics.db_pool_size.set(status.size as i64);

@@ -4,10 +4,11 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::extract::{Json, Query};
+use super::docs::{BadRequest, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable};
+use super::extract::{Json, OptionalJson, Query};
 use super::PageQuery;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::protocol::{
     AddMembersRequest, CreateRoomRequest, JoinRequest, Member, Page, Room, UpdateMemberRequest, UpdateRoomRequest,
     UserIdRequest,
@@ -15,26 +16,40 @@ use crate::protocol::{
 use crate::service::rooms::{self, Scope};
 use crate::startup::AppState;
 
+/// The 404 of every room route.
+const NOT_VISIBLE: &str = "`room.not_found`: no such live room, or a private one the caller is not in";
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/rooms", web::post().to(create))
-        .route("/rooms", web::get().to(list))
-        .route("/rooms/{room_id}", web::get().to(get))
-        .route("/rooms/{room_id}", web::patch().to(update))
-        .route("/rooms/{room_id}", web::delete().to(close))
-        .route("/rooms/{room_id}/owner", web::post().to(transfer))
-        .route("/rooms/{room_id}/join", web::post().to(join))
-        .route("/rooms/{room_id}/leave", web::post().to(leave))
-        .route("/rooms/{room_id}/members", web::get().to(members))
-        .route("/rooms/{room_id}/members", web::post().to(add_members))
-        .route("/rooms/{room_id}/members/{user_id}", web::delete().to(remove_member))
-        .route("/rooms/{room_id}/members/{user_id}", web::patch().to(set_role))
-        .route("/direct", web::post().to(direct));
+    cfg.service(web::resource("/rooms").route(web::post().to(create)).route(web::get().to(list)))
+        .service(
+            web::resource("/rooms/{room_id}")
+                .route(web::get().to(get))
+                .route(web::patch().to(update))
+                .route(web::delete().to(close)),
+        )
+        .service(web::resource("/rooms/{room_id}/owner").route(web::post().to(transfer)))
+        .service(web::resource("/rooms/{room_id}/join").route(web::post().to(join)))
+        .service(web::resource("/rooms/{room_id}/leave").route(web::post().to(leave)))
+        .service(
+            web::resource("/rooms/{room_id}/members").route(web::get().to(members)).route(web::post().to(add_members)),
+        )
+        .service(
+            web::resource("/rooms/{room_id}/members/{user_id}")
+                .route(web::delete().to(remove_member))
+                .route(web::patch().to(set_role)),
+        )
+        .service(web::resource("/direct").route(web::post().to(direct)));
 }
 
 /// Create a group room; the caller becomes its owner.
 #[utoipa::path(post, path = "/api/v1/rooms", tag = "rooms", request_body = CreateRoomRequest, security(("bearer" = [])),
-    responses((status = 201, body = Room), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+    responses((status = 201, description = "The new room", body = Room), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`user.not_found`: one of `member_ids` does not exist", body = ErrorBody),
+        (status = 409, description = "`room.conflict`: a public room has that name; `limit.rooms`: someone would \
+            be in more rooms than allowed", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests), (status = 503, response = Unavailable)))]
 pub async fn create(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -45,41 +60,61 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `joined` (default): my rooms with my cursors; `public`: public rooms to discover.
-    pub scope: Option<String>,
+    #[param(required = false, inline, value_type = ListScope)]
+    pub scope: Option<ListScope>,
+    /// Page size, 1–200 (default 50).
+    #[param(required = false, value_type = i64, minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    #[param(required = false, value_type = String)]
     pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ListScope {
+    Joined,
+    Public,
 }
 
 /// Rooms I belong to, or public rooms.
 #[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", params(ListQuery), security(("bearer" = [])),
-    responses((status = 200, body = Page<Room>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, description = "A page of rooms", body = Page<Room>), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized), (status = 503, response = Unavailable)))]
 pub async fn list(
     state: web::Data<AppState>,
     caller: AuthUser,
     query: Query<ListQuery>,
 ) -> ApiResult<web::Json<Page<Room>>> {
-    let scope = match query.scope.as_deref() {
-        None | Some("joined") => Scope::Joined,
-        Some("public") => Scope::Public,
-        Some(_) => return Err(ApiError::field("scope", "must be joined or public")),
+    let scope = match query.scope {
+        None | Some(ListScope::Joined) => Scope::Joined,
+        Some(ListScope::Public) => Scope::Public,
     };
     Ok(web::Json(rooms::list(&state, caller.id, scope, query.cursor.as_deref(), query.limit).await?))
 }
 
 /// A room: members see any room they are in; anyone sees a public room.
-#[utoipa::path(get, path = "/api/v1/rooms/{room_id}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 200, body = Room), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/rooms/{room_id}", tag = "rooms", params(("room_id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "The room", body = Room), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized), (status = 404, description = NOT_VISIBLE, body = ErrorBody),
+        (status = 503, response = Unavailable)))]
 pub async fn get(state: web::Data<AppState>, caller: AuthUser, path: web::Path<Uuid>) -> ApiResult<web::Json<Room>> {
     Ok(web::Json(rooms::get(&state, caller.id, path.into_inner()).await?))
 }
 
 /// Rename, change visibility, set or remove (`null`) the password. Owner or admin.
-#[utoipa::path(patch, path = "/api/v1/rooms/{room_id}", tag = "rooms", request_body = UpdateRoomRequest,
+#[utoipa::path(patch, path = "/api/v1/rooms/{room_id}", tag = "rooms", params(("room_id" = Uuid, Path)), request_body = UpdateRoomRequest,
     security(("bearer" = [])),
-    responses((status = 200, body = Room), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+    responses((status = 200, description = "The room as changed", body = Room), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.forbidden`: not the owner or an admin, or a direct room", body = ErrorBody),
+        (status = 404, description = NOT_VISIBLE, body = ErrorBody),
+        (status = 409, description = "`room.conflict`: a public room has that name", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests), (status = 503, response = Unavailable)))]
 pub async fn update(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -90,17 +125,25 @@ pub async fn update(
 }
 
 /// Close the room. Owner only.
-#[utoipa::path(delete, path = "/api/v1/rooms/{room_id}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/rooms/{room_id}", tag = "rooms", params(("room_id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 204, description = "Closed"), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.forbidden`: not the owner, or a direct room", body = ErrorBody),
+        (status = 404, description = NOT_VISIBLE, body = ErrorBody), (status = 503, response = Unavailable)))]
 pub async fn close(state: web::Data<AppState>, caller: AuthUser, path: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     rooms::close(&state, caller.id, path.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Hand ownership to another member; the old owner becomes an admin.
-#[utoipa::path(post, path = "/api/v1/rooms/{room_id}/owner", tag = "rooms", request_body = UserIdRequest,
+#[utoipa::path(post, path = "/api/v1/rooms/{room_id}/owner", tag = "rooms", params(("room_id" = Uuid, Path)), request_body = UserIdRequest,
     security(("bearer" = [])),
-    responses((status = 200, body = Room), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The room under its new owner", body = Room),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.forbidden`: not the owner, or a direct room", body = ErrorBody),
+        (status = 404, description = "`room.not_found` (see `GET /rooms/{room_id}`), or `user.not_found`: \
+            the new owner is not a member", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge), (status = 503, response = Unavailable)))]
 pub async fn transfer(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -111,32 +154,45 @@ pub async fn transfer(
 }
 
 /// Join a public room (with its password if protected). Joining twice is harmless.
-#[utoipa::path(post, path = "/api/v1/rooms/{room_id}/join", tag = "rooms", request_body = JoinRequest,
+#[utoipa::path(post, path = "/api/v1/rooms/{room_id}/join", tag = "rooms", params(("room_id" = Uuid, Path)),
+    request_body(content = Option<JoinRequest>, description = "Needed only for a protected room"),
     security(("bearer" = [])),
-    responses((status = 200, body = Room), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The room, now with the caller as a member", body = Room),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.wrong_password`: missing or wrong password; `room.banned`", body = ErrorBody),
+        (status = 404, description = "`room.not_found`: no such live room, or a private one", body = ErrorBody),
+        (status = 409, description = "`limit.rooms`: the caller is in as many rooms as allowed", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests), (status = 503, response = Unavailable)))]
 pub async fn join(
     state: web::Data<AppState>,
     caller: AuthUser,
     path: web::Path<Uuid>,
-    body: Option<Json<JoinRequest>>,
+    body: OptionalJson<JoinRequest>,
 ) -> ApiResult<web::Json<Room>> {
-    let password = body.and_then(|b| b.into_inner().password);
+    let password = body.into_inner().and_then(|b| b.password);
     let (room, _added) = rooms::join(&state, caller.id, path.into_inner(), password).await?;
     Ok(web::Json(room))
 }
 
 /// Leave; an owner's role passes to the longest-standing admin, else member; the last one out closes the room.
-#[utoipa::path(post, path = "/api/v1/rooms/{room_id}/leave", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/rooms/{room_id}/leave", tag = "rooms", params(("room_id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 204, description = "Left"), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.forbidden`: not a member, or a direct room", body = ErrorBody),
+        (status = 404, description = NOT_VISIBLE, body = ErrorBody), (status = 503, response = Unavailable)))]
 pub async fn leave(state: web::Data<AppState>, caller: AuthUser, path: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     rooms::leave(&state, caller.id, path.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// Members with their roles, by join time.
-#[utoipa::path(get, path = "/api/v1/rooms/{room_id}/members", tag = "rooms", params(PageQuery),
+#[utoipa::path(get, path = "/api/v1/rooms/{room_id}/members", tag = "rooms", params(("room_id" = Uuid, Path), PageQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = Page<Member>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "A page of members", body = Page<Member>),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.forbidden`: not a member", body = ErrorBody),
+        (status = 404, description = NOT_VISIBLE, body = ErrorBody), (status = 503, response = Unavailable)))]
 pub async fn members(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -154,9 +210,16 @@ pub struct Added {
 }
 
 /// Add users (also to private rooms). Owner or admin.
-#[utoipa::path(post, path = "/api/v1/rooms/{room_id}/members", tag = "rooms", request_body = AddMembersRequest,
-    security(("bearer" = [])),
-    responses((status = 200, body = Added), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/rooms/{room_id}/members", tag = "rooms", params(("room_id" = Uuid, Path)),
+    request_body = AddMembersRequest, security(("bearer" = [])),
+    responses((status = 200, description = "Who was added", body = Added), (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.forbidden`: not the owner or an admin, or a direct room; `room.banned`: \
+            one of the users is banned", body = ErrorBody),
+        (status = 404, description = "`room.not_found` (see `GET /rooms/{room_id}`), or `user.not_found`",
+            body = ErrorBody),
+        (status = 409, description = "`limit.rooms`: a user would be in more rooms than allowed", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge), (status = 503, response = Unavailable)))]
 pub async fn add_members(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -168,8 +231,15 @@ pub async fn add_members(
 }
 
 /// Remove a member whose role is below the caller's (never the owner).
-#[utoipa::path(delete, path = "/api/v1/rooms/{room_id}/members/{user_id}", tag = "rooms", security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/rooms/{room_id}/members/{user_id}", tag = "rooms", params(("room_id" = Uuid, Path), ("user_id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Removed"),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.forbidden`: not the owner or an admin, the member's role is not below \
+            the caller's, or a direct room", body = ErrorBody),
+        (status = 404, description = "`room.not_found` (see `GET /rooms/{room_id}`), or `user.not_found`: \
+            not a member", body = ErrorBody),
+        (status = 503, response = Unavailable)))]
 pub async fn remove_member(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -181,9 +251,14 @@ pub async fn remove_member(
 }
 
 /// Promote to admin or demote to member. Owner only.
-#[utoipa::path(patch, path = "/api/v1/rooms/{room_id}/members/{user_id}", tag = "rooms",
+#[utoipa::path(patch, path = "/api/v1/rooms/{room_id}/members/{user_id}", tag = "rooms", params(("room_id" = Uuid, Path), ("user_id" = Uuid, Path)),
     request_body = UpdateMemberRequest, security(("bearer" = [])),
-    responses((status = 200, body = Member), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The member's new role", body = Member),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, description = "`room.forbidden`: not the owner, or a direct room", body = ErrorBody),
+        (status = 404, description = "`room.not_found` (see `GET /rooms/{room_id}`), or `user.not_found`: \
+            not a member", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge), (status = 503, response = Unavailable)))]
 pub async fn set_role(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -196,7 +271,13 @@ pub async fn set_role(
 
 /// The one direct room between the caller and a user: 201 when created, 200 after.
 #[utoipa::path(post, path = "/api/v1/direct", tag = "rooms", request_body = UserIdRequest, security(("bearer" = [])),
-    responses((status = 201, body = Room), (status = 200, body = Room), (status = 404, body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = Room), (status = 200, description = "It already existed",
+            body = Room),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 404, description = "`user.not_found`", body = ErrorBody),
+        (status = 409, description = "`limit.rooms`: one of the two is in as many rooms as allowed", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = TooManyRequests), (status = 503, response = Unavailable)))]
 pub async fn direct(
     state: web::Data<AppState>,
     caller: AuthUser,

@@ -274,12 +274,24 @@ pub struct EditMessageRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ReceiptRequest {
     /// At least one of the two is required.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral")]
     #[schema(minimum = 0)]
     pub delivered_seq: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral")]
     #[schema(minimum = 0)]
     pub read_seq: Option<i64>,
+}
+
+/// An integer that may be written `7.0`: JSON does not tell the two apart, and JSON Schema's
+/// `integer` (the OpenAPI document's type for these) includes it.
+fn integral<'de, D: Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(de)? else { return Ok(None) };
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64().filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f)).map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid value: {n}, expected an integer")))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

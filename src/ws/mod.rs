@@ -13,7 +13,7 @@ use crate::hub::WorkerId;
 use crate::startup::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws", web::get().to(upgrade));
+    cfg.service(web::resource("/ws").route(web::get().to(upgrade)));
 }
 
 async fn upgrade(

@@ -456,6 +456,8 @@ async fn receipts_validation_and_access() {
         (json!({"read_seq": -1}), "read_seq"),
         (json!({"delivered_seq": -5}), "delivered_seq"),
         (json!({}), "delivered_seq"),
+        (json!({"read_seq": 1.5}), "read_seq"),
+        (json!({"read_seq": "1"}), "read_seq"),
     ] {
         let res = receipt(&app, &bob, room, body.clone()).await;
         assert_eq!(res.status, StatusCode::BAD_REQUEST, "{body}: {:?}", res.body);
@@ -467,6 +469,8 @@ async fn receipts_validation_and_access() {
     assert_eq!(res.code(), "validation");
     // Nothing moved.
     assert_eq!(app.get(&format!("/api/v1/rooms/{room}"), &bob.token).await.body["read_seq"], json!(0));
+    // JSON Schema's integers include 1.0, and the OpenAPI document says `integer`.
+    assert_eq!(cursors(&receipt(&app, &bob, room, json!({"delivered_seq": 1.0})).await), (1, 0));
     let outsider = app.user("outsider").await;
     let res = receipt(&app, &outsider, room, json!({"read_seq": 1})).await;
     assert_eq!(res.status, StatusCode::FORBIDDEN, "{:?}", res.body);

@@ -140,10 +140,28 @@ async fn unknown_routes_answer_json_errors() {
         assert_eq!(res.code(), "not_found", "{path}");
         assert!(res.body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    // A known path with a method it does not serve still answers with a JSON error.
-    let res = app.request("PUT", "/api/v1/rooms", Some(&alice.token), Some(json!({}))).await;
-    assert!(res.status == StatusCode::NOT_FOUND || res.status == StatusCode::METHOD_NOT_ALLOWED, "{}", res.status);
-    assert!(res.body["code"].is_string(), "errors are always JSON with a code: {} {:?}", res.status, res.body);
+    // A known path with a method it does not serve: 405 naming the methods it does serve (RFC 9110),
+    // before authentication, with the usual JSON error.
+    for (method, path, allowed) in [
+        ("PUT", "/api/v1/rooms", &["GET", "POST"][..]),
+        ("POST", "/api/v1/users/me", &["GET"]),
+        ("DELETE", "/healthz", &["GET"]),
+        ("GET", "/api/v1/auth/login", &["POST"]),
+    ] {
+        let res = app.request(method, path, None, Some(json!({}))).await;
+        assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {:?}", res.body);
+        assert_eq!(res.code(), "method_not_allowed", "{method} {path}");
+        let mut allow: Vec<String> = res
+            .headers
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .collect();
+        allow.sort();
+        assert_eq!(allow, allowed, "{method} {path}");
+    }
 }
 
 #[actix_web::test]

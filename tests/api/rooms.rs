@@ -386,6 +386,25 @@ async fn join_a_public_room() {
 }
 
 #[actix_web::test]
+async fn join_takes_no_body_or_a_valid_one() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = create(&app, &alice, json!({"name": "Lobby", "visibility": "public"})).await;
+    let path = format!("/api/v1/rooms/{}/join", room.id());
+    // A body that is there is read like any other: a mistyped one is refused, not ignored.
+    for body in [json!({"password": 5}), json!([]), json!("open")] {
+        let res = app.post(&path, &bob.token, body.clone()).await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{body}: {:?}", res.body);
+        assert_eq!(res.code(), "validation", "{body}");
+    }
+    for body in [None, Some(json!(null)), Some(json!({}))] {
+        let res = app.request("POST", &path, Some(&bob.token), body.clone()).await;
+        assert_eq!(res.status, StatusCode::OK, "{body:?}: {:?}", res.body);
+    }
+}
+
+#[actix_web::test]
 async fn join_a_protected_room_needs_the_password() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
