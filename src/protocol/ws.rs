@@ -28,9 +28,35 @@ pub mod close_code {
     pub const SERVICE_RESTART: u16 = 1012;
 }
 
-/// Every client event name, so an unknown one gets its own error code.
-pub const CLIENT_EVENTS: &[&str] =
-    &["ping", "send", "edit", "delete", "typing", "ack", "sync", "history", "join", "leave", "presence", "auth"];
+/// Declares the client events once: the enum and the list of their names (an unknown name gets its
+/// own error) come from the same lines, so they cannot drift apart.
+macro_rules! client_events {
+    ($($name:literal => $variant:ident($data:ty),)*) => {
+        #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+        #[serde(tag = "event", content = "data")]
+        pub enum ClientEvent {
+            $(#[serde(rename = $name)] $variant($data),)*
+        }
+
+        /// Every client event name.
+        pub const CLIENT_EVENTS: &[&str] = &[$($name),*];
+    };
+}
+
+client_events! {
+    "ping" => Ping(Empty),
+    "send" => Send(SendData),
+    "edit" => Edit(EditData),
+    "delete" => Delete(DeleteData),
+    "typing" => Typing(RoomRef),
+    "ack" => Ack(AckData),
+    "sync" => Sync(SyncData),
+    "history" => History(HistoryData),
+    "join" => Join(JoinData),
+    "leave" => Leave(RoomRef),
+    "presence" => Presence(PresenceQuery),
+    "auth" => Auth(AuthData),
+}
 
 /// The envelope of a client frame, before its `data` is checked against the event.
 #[derive(Debug, Deserialize)]
@@ -40,23 +66,6 @@ pub struct RawFrame {
     pub data: Option<Value>,
     #[serde(default, rename = "ref")]
     pub reference: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "event", content = "data", rename_all = "snake_case")]
-pub enum ClientEvent {
-    Ping(Empty),
-    Send(SendData),
-    Edit(EditData),
-    Delete(DeleteData),
-    Typing(RoomRef),
-    Ack(AckData),
-    Sync(SyncData),
-    History(HistoryData),
-    Join(JoinData),
-    Leave(RoomRef),
-    Presence(PresenceQuery),
-    Auth(AuthData),
 }
 
 impl ClientEvent {
@@ -312,6 +321,18 @@ mod tests {
             Err(ApiError::Validation(fields)) => assert_eq!(fields[0].field, "content"),
             other => panic!("expected a validation error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn every_listed_name_is_an_event_and_nothing_else_is() {
+        for name in CLIENT_EVENTS {
+            // A missing `data` may fail on a field of the event, never on the event's name.
+            if let Err(ApiError::Validation(fields)) = ClientEvent::parse(name, None) {
+                assert_ne!(fields[0].field, "event", "{name}: {fields:?}");
+                assert!(!fields[0].message.contains("unknown variant"), "{name}: {fields:?}");
+            }
+        }
+        assert!(ClientEvent::parse("shout", None).is_err());
     }
 
     #[test]

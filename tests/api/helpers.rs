@@ -138,8 +138,20 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_on(&database_url, tweak).await
 }
 
+/// Node logs for a failing test: `TEST_LOG=1` (levels from `RUST_LOG`, default `info`) prints every
+/// in-process node's log lines; without it the tests stay quiet.
+fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            chorus::telemetry::init(chorus::config::LogFormat::Text);
+        }
+    });
+}
+
 /// One node on an existing (already created) database.
 pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    init_test_log();
     let database_url = database_url.to_owned();
     let mut settings = test_settings(&database_url);
     tweak(&mut settings);
