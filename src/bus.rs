@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::clock::unix_us;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,10 +91,6 @@ impl Envelope {
         let frame = ByteString::try_from(Bytes::copy_from_slice(&payload[split + 1..])).ok()?;
         Some(Envelope { header, frame })
     }
-}
-
-pub fn unix_us() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Channel names under this cluster's prefix.

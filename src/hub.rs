@@ -18,7 +18,8 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
-use crate::bus::{unix_us, Bus, BusEvent, Envelope, Kind};
+use crate::bus::{Bus, BusEvent, Envelope, Kind};
+use crate::clock::unix_us;
 use crate::db::{self, DbPool};
 use crate::metrics::Metrics;
 use crate::protocol::ws::{close_code, ServerEvent};

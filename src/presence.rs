@@ -10,14 +10,11 @@ use std::collections::HashSet;
 use deadpool_redis::redis;
 use uuid::Uuid;
 
+use crate::clock::unix_ms;
 use crate::startup::AppState;
 
 pub fn presence_key(prefix: &str, user: Uuid) -> String {
     format!("{prefix}presence:{user}")
-}
-
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Which of `users` are online. Presence is advisory: if Redis cannot answer, everyone reads as offline

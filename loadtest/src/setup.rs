@@ -60,7 +60,7 @@ pub async fn seed(database_url: &str, secret: &str, users: usize, room_size: usi
         .map_err(|e| format!("insert members: {e}"))?;
     }
     let key = EncodingKey::from_secret(secret.as_bytes());
-    let now = chorus::auth::tokens::unix_now();
+    let now = chorus::clock::unix_secs();
     let users = user_ids
         .iter()
         .zip(&names)

@@ -1,7 +1,5 @@
 //! Access tokens (short-lived JWTs) and refresh tokens (opaque random strings stored hashed).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
@@ -89,7 +87,7 @@ impl TokenKeys {
     }
 
     pub fn issue_access(&self, user_id: Uuid, username: &str, generation: i32) -> Result<String, ApiError> {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         let claims =
             Claims { sub: user_id, name: username.to_owned(), iat: now, exp: now + self.access_ttl_s, gen: generation };
         self.sign(&claims)
@@ -108,10 +106,6 @@ impl TokenKeys {
             }
         })
     }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A new opaque refresh token: 256 random bits, URL-safe.

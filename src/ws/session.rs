@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::commands;
 use super::wire::{Inbound, Incoming, Outgoing};
-use crate::auth::tokens::unix_now;
 use crate::auth::AuthUser;
+use crate::clock::unix_secs;
 use crate::error::ApiError;
 use crate::hub::{Outbound, Recipient, SessionControl, WorkerId};
 use crate::presence;
@@ -235,7 +235,7 @@ async fn serve(conn: &mut Connection, inbound: &mut Inbound, control: &SessionCo
     // One timer for the token's expiry, moved only when `auth` swaps in a fresh token (a timer
     // per loop turn would cost a timer-wheel insert and removal for every frame).
     let expiry_at =
-        |expires_at: u64| tokio::time::Instant::now() + Duration::from_secs(expires_at.saturating_sub(unix_now()));
+        |expires_at: u64| tokio::time::Instant::now() + Duration::from_secs(expires_at.saturating_sub(unix_secs()));
     let mut armed_for = conn.user.expires_at;
     let expiry = tokio::time::sleep_until(expiry_at(armed_for));
     tokio::pin!(expiry);
@@ -251,7 +251,7 @@ async fn serve(conn: &mut Connection, inbound: &mut Inbound, control: &SessionCo
             _ = control.notify.notified() => return closing(control),
             _ = conn.out.gone() => return End::Client,
             _ = &mut expiry => {
-                if conn.user.expires_at <= unix_now() {
+                if conn.user.expires_at <= unix_secs() {
                     return End::Code(close_code::TOKEN_EXPIRED, "token_expired");
                 }
                 armed_for = 0; // re-arm for the new expiry on the next turn

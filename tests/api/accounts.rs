@@ -1,7 +1,6 @@
 //! Accounts: register, login, access tokens, refresh rotation, logout, user lookup and search.
 
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,10 +15,6 @@ use crate::helpers::*;
 
 /// The secret `Settings::for_tests` gives every test node.
 const NODE_SECRET: &str = "test-secret-that-is-long-enough-0123456789";
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
-}
 
 fn mint(secret: &str, user: &TestUser, iat: u64, exp: u64) -> String {
     let claims = Claims { sub: user.id, name: user.username.clone(), iat, exp, gen: 0 };
@@ -173,7 +168,7 @@ async fn a_missing_or_malformed_token_is_unauthenticated() {
 async fn a_token_signed_with_another_secret_is_rejected() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
-    let now = unix_now();
+    let now = chorus::clock::unix_secs();
     // Control: the same claims signed with the node's secret are accepted, so the minting is right.
     let good = mint(NODE_SECRET, &alice, now, now + 300);
     let ok = app.get("/api/v1/users/me", &good).await;
@@ -189,7 +184,7 @@ async fn a_token_signed_with_another_secret_is_rejected() {
 async fn a_token_with_alg_none_is_rejected() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
-    let now = unix_now();
+    let now = chorus::clock::unix_secs();
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let claims = json!({"sub": alice.id, "name": alice.username, "iat": now, "exp": now + 300});
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
@@ -208,7 +203,7 @@ async fn a_token_with_alg_none_is_rejected() {
 async fn an_expired_token_is_token_expired() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
-    let now = unix_now();
+    let now = chorus::clock::unix_secs();
     let expired = mint(NODE_SECRET, &alice, now - 1000, now - 120);
     let res = app.get("/api/v1/users/me", &expired).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{:?}", res.body);
@@ -489,7 +484,7 @@ async fn rs256_and_eddsa_tokens_work_and_hs256_ones_are_refused_then() {
         let me = app.get("/api/v1/users/me", &user.token).await;
         assert_eq!(me.status, StatusCode::OK, "{name}: {:?}", me.body);
         // A token signed with a shared secret is no good on a cluster that signs asymmetrically.
-        let now = chorus::auth::tokens::unix_now();
+        let now = chorus::clock::unix_secs();
         let claims =
             chorus::auth::tokens::Claims { sub: user.id, name: user.username.clone(), iat: now, exp: now + 60, gen: 0 };
         let hs = jsonwebtoken::encode(
