@@ -206,10 +206,4 @@ impl From<diesel::result::Error> for ApiError {
     }
 }
 
-impl From<crate::db::PoolError> for ApiError {
-    fn from(e: crate::db::PoolError) -> Self {
-        ApiError::Unavailable(Box::new(e))
-    }
-}
-
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -593,10 +593,16 @@ impl Hub {
                 return;
             }
         };
-        let Ok(rows) = rows else { return };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "membership reconcile: query failed; the next one retries");
+                return;
+            }
+        };
         let mut wanted: HashMap<Uuid, HashMap<Uuid, i64>> = HashMap::new();
-        for (user, room, last_seq) in rows {
-            wanted.entry(user).or_default().insert(room, last_seq);
+        for m in rows {
+            wanted.entry(m.user_id).or_default().insert(m.room_id, m.last_seq);
         }
         for (session, user, joined) in sessions {
             let should = wanted.remove(&user).unwrap_or_default();

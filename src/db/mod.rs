@@ -90,3 +90,10 @@ pub fn is_unique_violation(e: &DieselError, constraint: &str) -> bool {
     matches!(e, DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
         if info.constraint_name() == Some(constraint))
 }
+
+/// No pooled connection in time (or PostgreSQL refused one): the client may retry.
+impl From<PoolError> for crate::error::ApiError {
+    fn from(e: PoolError) -> Self {
+        crate::error::ApiError::Unavailable(Box::new(e))
+    }
+}

@@ -265,8 +265,17 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for PresenceRooms {
     }
 }
 
+/// A live room of a user, as a new session starts from it: the room's head and the user's cursors.
+#[derive(Debug, Clone, Copy, Queryable)]
+pub struct RoomState {
+    pub room_id: Uuid,
+    pub last_seq: i64,
+    pub delivered_seq: i64,
+    pub read_seq: i64,
+}
+
 /// Every live room of `user` with its head and the user's cursors (the `ready` event).
-pub async fn states_of(conn: &mut DbConn, user: Uuid) -> Result<Vec<(Uuid, i64, i64, i64)>, Error> {
+pub async fn states_of(conn: &mut DbConn, user: Uuid) -> Result<Vec<RoomState>, Error> {
     room_members::table
         .inner_join(rooms::table)
         .filter(room_members::user_id.eq(user))
@@ -276,8 +285,16 @@ pub async fn states_of(conn: &mut DbConn, user: Uuid) -> Result<Vec<(Uuid, i64, 
         .await
 }
 
-/// `(user, room, room last_seq)` of every live membership of `users` (reconciling after a bus outage).
-pub async fn memberships_of(conn: &mut DbConn, users: &[Uuid]) -> Result<Vec<(Uuid, Uuid, i64)>, Error> {
+/// One live membership and the room's head.
+#[derive(Debug, Clone, Copy, Queryable)]
+pub struct Membership {
+    pub user_id: Uuid,
+    pub room_id: Uuid,
+    pub last_seq: i64,
+}
+
+/// Every live membership of `users` (reconciling after a bus outage).
+pub async fn memberships_of(conn: &mut DbConn, users: &[Uuid]) -> Result<Vec<Membership>, Error> {
     room_members::table
         .inner_join(rooms::table)
         .filter(room_members::user_id.eq_any(users))

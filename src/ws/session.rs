@@ -25,6 +25,7 @@ use actix_http::ws::ProtocolError;
 use crate::protocol::ws::{
     close_code, ClientEvent, ErrorEvent, RawFrame, Ready, ReadyRoom, Reply, ServerEvent, CLIENT_EVENTS,
 };
+use crate::service::sessions;
 use crate::startup::AppState;
 
 /// Why a session ended, for the close frame and the metrics.
@@ -159,35 +160,30 @@ async fn send_ready(conn: &mut Connection) -> Result<(), End> {
 
 async fn prepare(conn: &mut Connection, first: bool) -> Result<(), ApiError> {
     let state = conn.state.clone();
-    let mut db = state.db_conn().await?;
-    let user = crate::db::users::by_id(&mut db, conn.user.id).await?.ok_or(ApiError::Unauthenticated)?;
-    let rooms = crate::db::rooms::states_of(&mut db, conn.user.id).await?;
-    drop(db);
-    let baselines: Vec<(Uuid, i64)> = rooms.iter().map(|(room, last, _, _)| (*room, *last)).collect();
+    let start = sessions::start(&state, conn.user.id).await?;
+    let baselines: Vec<(Uuid, i64)> = start.rooms.iter().map(|r| (r.room_id, r.last_seq)).collect();
     let effective: HashMap<Uuid, i64> = state.hub.attach(conn.session_id, &baselines).await.into_iter().collect();
     // A removal (or ban) that committed after the read above announced itself before this socket
     // was attached, so the hub could not detach it: re-read the memberships now that it is.
-    let mut db = state.db_conn().await?;
-    let still: std::collections::HashSet<Uuid> =
-        crate::db::rooms::room_ids_of(&mut db, conn.user.id).await?.into_iter().collect();
-    drop(db);
-    let rooms: Vec<_> = rooms.into_iter().filter(|(room, ..)| still.contains(room)).collect();
+    let still = sessions::member_rooms(&state, conn.user.id).await?;
     for (room, _) in &baselines {
         if !still.contains(room) {
             state.hub.detach(conn.session_id, *room);
         }
     }
-    let rooms = rooms
+    let rooms = start
+        .rooms
         .into_iter()
-        .map(|(room_id, last, delivered_seq, read_seq)| {
-            let last_seq = effective.get(&room_id).copied().unwrap_or(last);
-            conn.out.delivered().insert(room_id, last_seq);
-            ReadyRoom { room_id, last_seq, delivered_seq, read_seq }
+        .filter(|r| still.contains(&r.room_id))
+        .map(|r| {
+            let last_seq = effective.get(&r.room_id).copied().unwrap_or(r.last_seq);
+            conn.out.delivered().insert(r.room_id, last_seq);
+            ReadyRoom { room_id: r.room_id, last_seq, delivered_seq: r.delivered_seq, read_seq: r.read_seq }
         })
         .collect();
-    let last_seen_at = user.last_seen_at;
+    let last_seen_at = start.last_seen_at;
     let ready = ServerEvent::Ready(Ready {
-        user: user.into_user(true),
+        user: start.user,
         session_id: conn.session_id,
         node_id: state.settings.node_id().to_owned(),
         rooms,
