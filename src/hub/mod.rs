@@ -8,10 +8,26 @@
 //! With more workers, a message for a room is handed to each worker that has sockets in it as ONE
 //! batch, and the worker queues it to its own sockets: waking a task on another thread costs a
 //! system call and a context switch, paid once per worker instead of once per recipient.
+//!
+//! By concern:
+//! - this file: the registry (sessions, rooms, users), Redis subscriptions that follow it, and the
+//!   routing of each bus envelope to its recipients;
+//! - [`order`]: per-room, in-order, gap-free delivery of messages (the room shards, gap fill);
+//! - [`delivery`]: handing frames to sockets' queues on their own worker threads, backpressure;
+//! - [`recovery`]: what runs when the bus was lost: catch-up, membership reconcile, degraded polling.
+//!
+//! The channels inside the hub are unbounded on purpose: each carries work the hub has already
+//! accepted from the one bus connection (or a membership change), and a bound would have to either
+//! drop it (a gap, or a socket left attached) or stall the bus reader for every room. What bounds
+//! them is upstream: the bus delivers what was published, and every socket's own queue is bounded.
+
+mod delivery;
+mod order;
+mod recovery;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU16, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -19,11 +35,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use crate::bus::{Bus, BusEvent, Envelope, Kind};
-use crate::clock::unix_us;
-use crate::db::{self, DbPool};
+use crate::db::DbPool;
 use crate::metrics::Metrics;
-use crate::protocol::ws::{close_code, ServerEvent};
-use crate::protocol::Message;
+use delivery::Delivery;
+use order::{ShardWork, SHARDS};
 
 pub type SessionId = Uuid;
 
@@ -91,27 +106,6 @@ pub struct Recipient {
     pub worker: WorkerId,
 }
 
-/// One frame for some of one worker's sockets, crossing threads in one piece.
-struct Delivery {
-    recipients: Vec<Recipient>,
-    item: Outbound,
-    ephemeral: bool,
-}
-
-/// Recipients of one frame, grouped by the worker thread their sockets run on.
-#[derive(Default)]
-struct Batches(Vec<Vec<Recipient>>);
-
-impl Batches {
-    fn push(&mut self, recipient: &Recipient) {
-        let index = recipient.worker.0;
-        if index >= self.0.len() {
-            self.0.resize_with(index + 1, Vec::new);
-        }
-        self.0[index].push(recipient.clone());
-    }
-}
-
 struct RoomEntry {
     recipients: HashMap<SessionId, Recipient>,
     /// Highest seq handed to local sockets; only the room's shard task moves it.
@@ -123,11 +117,6 @@ struct State {
     sessions: HashMap<SessionId, (Recipient, HashSet<Uuid>)>,
     rooms: HashMap<Uuid, RoomEntry>,
     users: HashMap<Uuid, HashSet<SessionId>>,
-}
-
-enum ShardWork {
-    Message { room: Uuid, seq: i64, frame: ByteString, at_us: i64 },
-    CatchUp { room: Uuid },
 }
 
 pub struct Hub {
@@ -155,15 +144,12 @@ impl HubTasks {
     /// hub, they end.
     pub fn spawn(self, hub: &Arc<Hub>) {
         for rx in self.shards {
-            tokio::spawn(shard_loop(Arc::downgrade(hub), rx));
+            tokio::spawn(order::shard_loop(Arc::downgrade(hub), rx));
         }
-        tokio::spawn(bus_loop(Arc::downgrade(hub), self.bus_events));
-        tokio::spawn(degraded_poller(Arc::downgrade(hub), self.poll_interval));
+        tokio::spawn(recovery::bus_loop(Arc::downgrade(hub), self.bus_events));
+        tokio::spawn(recovery::degraded_poller(Arc::downgrade(hub), self.poll_interval));
     }
 }
-
-const SHARDS: usize = 8;
-const FILL_BATCH: i64 = 500;
 
 impl Hub {
     /// Builds the hub. Its tasks (the bus event loop, the room shards, the degraded-mode poller) do
@@ -193,35 +179,6 @@ impl Hub {
             queue_capacity,
         });
         (hub, HubTasks { shards: receivers, bus_events, poll_interval })
-    }
-
-    /// Starts the delivery task of the calling thread, which must be an HTTP worker's (a
-    /// `LocalSet`): sockets whose tasks run on this thread get their frames queued from here.
-    pub fn add_worker(&self) -> WorkerId {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::task::spawn_local(worker_loop(rx, self.metrics.clone(), self.queue_capacity));
-        let mut workers = self.workers.write().unwrap_or_else(|e| e.into_inner());
-        workers.push(tx);
-        WorkerId(workers.len() - 1)
-    }
-
-    /// Hands each worker its share of a frame's recipients. The send fails only if that worker's
-    /// thread is gone; its sockets are then gone too, and queueing from here is harmless.
-    fn deliver(&self, batches: Batches, item: Outbound, ephemeral: bool) {
-        let workers = self.workers.read().unwrap_or_else(|e| e.into_inner());
-        for (index, recipients) in batches.0.into_iter().enumerate() {
-            if recipients.is_empty() {
-                continue;
-            }
-            let delivery = Delivery { recipients, item: item.clone(), ephemeral };
-            let undelivered = match workers.get(index) {
-                Some(worker) => worker.send(delivery).err().map(|e| e.0),
-                None => Some(delivery),
-            };
-            if let Some(delivery) = undelivered {
-                queue_all(&self.metrics, self.queue_capacity, delivery);
-            }
-        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -311,6 +268,7 @@ impl Hub {
 
     fn catch_up(&self, rooms: &[Uuid]) {
         for room in rooms {
+            // A send fails only once the shard task has ended, i.e. the node is shutting down.
             self.shard(*room).send(ShardWork::CatchUp { room: *room }).ok();
         }
     }
@@ -465,302 +423,5 @@ impl Hub {
             }
             self.bus.unsubscribe(vec![self.bus.channels.room(room)]);
         }
-    }
-
-    fn deliver_room(&self, room: Uuid, frame: &ByteString, ephemeral: bool, skip_user: Option<Uuid>) {
-        let mut batches = Batches::default();
-        {
-            let state = self.read();
-            let Some(entry) = state.rooms.get(&room) else { return };
-            for recipient in entry.recipients.values() {
-                if Some(recipient.user) != skip_user {
-                    batches.push(recipient);
-                }
-            }
-        }
-        self.deliver(batches, Queued::frame(frame), ephemeral);
-    }
-
-    fn deliver_user(&self, user: Uuid, frame: &ByteString) {
-        let mut batches = Batches::default();
-        {
-            let state = self.read();
-            let Some(sessions) = state.users.get(&user) else { return };
-            for session in sessions {
-                if let Some((recipient, _)) = state.sessions.get(session) {
-                    batches.push(recipient);
-                }
-            }
-        }
-        self.deliver(batches, Queued::frame(frame), false);
-    }
-
-    /// A presence change goes once to each local session that shares a room with the user.
-    fn deliver_presence(&self, rooms: &[Uuid], user: Option<Uuid>, frame: &ByteString) {
-        let mut batches = Batches::default();
-        {
-            let state = self.read();
-            let mut seen = HashSet::new();
-            for room in rooms {
-                let Some(entry) = state.rooms.get(room) else { continue };
-                for (session, recipient) in &entry.recipients {
-                    if Some(recipient.user) != user && seen.insert(*session) {
-                        batches.push(recipient);
-                    }
-                }
-            }
-        }
-        self.deliver(batches, Queued::frame(frame), true);
-    }
-
-    /// Hands a room's message to its local sockets and advances the room's stream.
-    fn deliver_message(&self, room: Uuid, seq: i64, frame: &ByteString, at_us: i64) {
-        let mut batches = Batches::default();
-        {
-            let state = self.read();
-            let Some(entry) = state.rooms.get(&room) else { return };
-            if entry.last_seq.fetch_max(seq, Ordering::AcqRel) >= seq {
-                return;
-            }
-            for recipient in entry.recipients.values() {
-                batches.push(recipient);
-            }
-        }
-        self.deliver(batches, Arc::new(Queued { frame: frame.clone(), stream: Some((room, seq)) }), false);
-        self.metrics.fanout_latency_seconds.observe((unix_us() - at_us).max(0) as f64 / 1e6);
-    }
-
-    fn room_last_seq(&self, room: Uuid) -> Option<i64> {
-        self.read().rooms.get(&room).map(|e| e.last_seq.load(Ordering::Acquire))
-    }
-
-    /// Delivers messages after the room's stream position, up to `upto` (or everything), from PostgreSQL.
-    async fn fill_from_db(&self, room: Uuid, upto: Option<i64>) {
-        loop {
-            let Some(last) = self.room_last_seq(room) else { return };
-            if upto.is_some_and(|u| last >= u) {
-                return;
-            }
-            let limit = upto.map_or(FILL_BATCH, |u| (u - last).min(FILL_BATCH));
-            let rows = match self.db.get().await {
-                Ok(mut conn) => db::messages::after(&mut conn, room, last, limit).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, %room, "gap fill: no database connection");
-                    return;
-                }
-            };
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, %room, "gap fill failed");
-                    return;
-                }
-            };
-            if rows.is_empty() {
-                return;
-            }
-            let full_batch = rows.len() as i64 == limit;
-            for row in rows {
-                let message = Message::from(row);
-                let seq = message.seq;
-                let at_us = message.created_at.timestamp_micros();
-                let frame = ByteString::from(ServerEvent::Message(message).to_frame());
-                self.metrics.gap_filled_messages_total.inc();
-                self.deliver_message(room, seq, &frame, at_us);
-            }
-            if !full_batch {
-                return;
-            }
-        }
-    }
-
-    /// Re-reads the memberships of local users from PostgreSQL and attaches/detaches their sessions
-    /// to match. Membership events published while the bus was down were lost; without this a
-    /// removed member would keep receiving the room (and an added one would not).
-    pub async fn reconcile_memberships(&self) {
-        let sessions: Vec<(SessionId, Uuid, HashSet<Uuid>)> =
-            self.read().sessions.iter().map(|(id, (r, rooms))| (*id, r.user, rooms.clone())).collect();
-        if sessions.is_empty() {
-            return;
-        }
-        let mut users: Vec<Uuid> = sessions.iter().map(|(_, user, _)| *user).collect();
-        users.sort();
-        users.dedup();
-        let rows = match self.db.get().await {
-            Ok(mut conn) => db::rooms::memberships_of(&mut conn, &users).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "membership reconcile: no database connection");
-                return;
-            }
-        };
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "membership reconcile: query failed; the next one retries");
-                return;
-            }
-        };
-        let mut wanted: HashMap<Uuid, HashMap<Uuid, i64>> = HashMap::new();
-        for m in rows {
-            wanted.entry(m.user_id).or_default().insert(m.room_id, m.last_seq);
-        }
-        for (session, user, joined) in sessions {
-            let should = wanted.remove(&user).unwrap_or_default();
-            for room in joined.iter().filter(|r| !should.contains_key(r)) {
-                self.detach(session, *room);
-            }
-            let missing: Vec<(Uuid, i64)> =
-                should.iter().filter(|(room, _)| !joined.contains(room)).map(|(r, s)| (*r, *s)).collect();
-            if !missing.is_empty() {
-                self.attach(session, &missing).await;
-            }
-            wanted.insert(user, should);
-        }
-    }
-
-    /// Queues a catch-up for every room with local listeners (after the bus reconnects).
-    pub fn catch_up_all(&self) {
-        let rooms: Vec<Uuid> = self.read().rooms.keys().copied().collect();
-        self.catch_up(&rooms);
-    }
-}
-
-/// Whether a frame goes into a socket's queue.
-#[derive(Debug, PartialEq, Eq)]
-enum Admit {
-    Queue,
-    Shed,
-}
-
-/// Under pressure, ephemeral frames (typing, presence) are shed before any message: once a queue is
-/// three-quarters full, only durable frames still go in, so the last quarter is kept for them.
-fn admit(free_slots: usize, capacity: usize, ephemeral: bool) -> Admit {
-    if ephemeral && free_slots < capacity / 4 {
-        Admit::Shed
-    } else {
-        Admit::Queue
-    }
-}
-
-/// One HTTP worker's delivery task: queues each batch to its sockets, on their own thread.
-async fn worker_loop(mut inbox: mpsc::UnboundedReceiver<Delivery>, metrics: Arc<Metrics>, queue_capacity: usize) {
-    let mut batch = Vec::new();
-    while inbox.recv_many(&mut batch, 64).await > 0 {
-        for delivery in batch.drain(..) {
-            queue_all(&metrics, queue_capacity, delivery);
-        }
-    }
-}
-
-fn queue_all(metrics: &Metrics, queue_capacity: usize, delivery: Delivery) {
-    let Delivery { recipients, item, ephemeral } = delivery;
-    for recipient in &recipients {
-        offer(metrics, queue_capacity, recipient, item.clone(), ephemeral);
-    }
-}
-
-/// Queues a frame to one recipient. A full queue on a durable frame closes the socket (4008):
-/// the client resyncs on reconnect. Ephemeral frames are shed once the queue is three-quarters full.
-fn offer(metrics: &Metrics, queue_capacity: usize, recipient: &Recipient, item: Outbound, ephemeral: bool) {
-    if admit(recipient.tx.capacity(), queue_capacity, ephemeral) == Admit::Shed {
-        metrics.fanout_shed_total.inc();
-        return;
-    }
-    match recipient.tx.try_send(item) {
-        Ok(()) => metrics.fanout_frames_total.inc(),
-        Err(mpsc::error::TrySendError::Full(_)) if ephemeral => metrics.fanout_shed_total.inc(),
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            if recipient.control.close_code().is_none() {
-                metrics.slow_consumer_closes_total.inc();
-            }
-            recipient.control.close(close_code::SLOW_CONSUMER);
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
-    }
-}
-
-async fn shard_loop(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<ShardWork>) {
-    while let Some(work) = rx.recv().await {
-        let Some(hub) = hub.upgrade() else { return };
-        match work {
-            ShardWork::Message { room, seq, frame, at_us } => {
-                let Some(last) = hub.room_last_seq(room) else { continue };
-                if seq <= last {
-                    continue;
-                }
-                if seq > last + 1 {
-                    // Something before this one has not arrived (a race between senders on
-                    // different nodes, or a lost publish). It is committed, since seq order is
-                    // commit order: fetch it.
-                    hub.fill_from_db(room, Some(seq - 1)).await;
-                }
-                hub.deliver_message(room, seq, &frame, at_us);
-            }
-            ShardWork::CatchUp { room } => hub.fill_from_db(room, None).await,
-        }
-    }
-}
-
-async fn bus_loop(hub: Weak<Hub>, mut events: mpsc::UnboundedReceiver<BusEvent>) {
-    while let Some(event) = events.recv().await {
-        let Some(hub) = hub.upgrade() else { return };
-        match event {
-            BusEvent::Message(envelope) => hub.dispatch(envelope),
-            BusEvent::Connected => {
-                hub.catch_up_all();
-                let hub = hub.clone();
-                tokio::spawn(async move { hub.reconcile_memberships().await });
-            }
-            BusEvent::Disconnected => {}
-        }
-    }
-}
-
-/// While the bus is down, reads each local room's `last_seq` from PostgreSQL on an interval and
-/// catches up the rooms that moved: chat across nodes keeps working, only slower.
-async fn degraded_poller(hub: Weak<Hub>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(hub) = hub.upgrade() else { return };
-        if hub.bus.is_connected() {
-            continue;
-        }
-        let positions: Vec<(Uuid, i64)> =
-            hub.read().rooms.iter().map(|(id, e)| (*id, e.last_seq.load(Ordering::Acquire))).collect();
-        if positions.is_empty() {
-            continue;
-        }
-        hub.metrics.degraded_polls_total.inc();
-        hub.reconcile_memberships().await;
-        let ids: Vec<Uuid> = positions.iter().map(|(id, _)| *id).collect();
-        let heads = match hub.db.get().await {
-            Ok(mut conn) => db::rooms::last_seqs(&mut conn, &ids).await.unwrap_or_default(),
-            Err(_) => continue,
-        };
-        for (room, head) in heads {
-            if positions.iter().any(|(id, last)| *id == room && head > *last) {
-                hub.shard(room).send(ShardWork::CatchUp { room }).ok();
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ephemeral_frames_are_shed_before_messages() {
-        // An empty queue takes everything.
-        assert_eq!(admit(16, 16, true), Admit::Queue);
-        assert_eq!(admit(16, 16, false), Admit::Queue);
-        // Three-quarters full: typing and presence are shed, messages still queue.
-        assert_eq!(admit(3, 16, true), Admit::Shed);
-        assert_eq!(admit(3, 16, false), Admit::Queue);
-        // Full: messages hit the slow-consumer path (try_send fails), ephemeral ones are shed.
-        assert_eq!(admit(0, 16, true), Admit::Shed);
-        assert_eq!(admit(0, 16, false), Admit::Queue);
     }
 }
