@@ -36,6 +36,7 @@ pub mod ratelimit;
 pub mod revocations;
 pub mod service;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod validate;
 pub mod ws;

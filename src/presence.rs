@@ -11,7 +11,7 @@ use deadpool_redis::redis;
 use uuid::Uuid;
 
 use crate::clock::unix_ms;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn presence_key(prefix: &str, user: Uuid) -> String {
     format!("{prefix}presence:{user}")

@@ -12,148 +12,90 @@ use crate::auth::password::PasswordHashing;
 use crate::auth::tokens::TokenKeys;
 use crate::bus::Bus;
 use crate::config::Settings;
-use crate::db::{self, DbPool};
+use crate::db;
 use crate::fanout::Fanout;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::state::NodeTasks;
 use crate::{http, telemetry};
-
-/// Everything a request handler may need, built once per node and shared by every worker.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub db: DbPool,
-    pub redis: deadpool_redis::Pool,
-    pub tokens: TokenKeys,
-    pub passwords: PasswordHashing,
-    pub metrics: Arc<Metrics>,
-    /// This node's sockets and room subscriptions.
-    pub hub: Arc<Hub>,
-    /// Publishes events to every node.
-    pub fanout: Fanout,
-    /// Brute-force brake on login, register and refresh.
-    pub auth_limiter: crate::ratelimit::RateLimiter,
-    /// Per-user cost limits, shared by every node through Redis.
-    pub limits: crate::limits::Limits,
-    /// Token generations revoked by "log out everywhere", polled from PostgreSQL.
-    pub revocations: Arc<crate::revocations::Revocations>,
-    /// Set on SIGTERM: `/readyz` fails at once so the load balancer stops sending new clients.
-    pub draining: std::sync::atomic::AtomicBool,
-    /// The node's background tasks until the first HTTP worker starts them (see [`NodeTasks`]).
-    node_tasks: std::sync::Mutex<Option<NodeTasks>>,
-}
-
-/// The node's long-lived tasks: the pub/sub reader, the hub's room shards and poller, presence
-/// upkeep. They run on the first HTTP worker's thread, not on a runtime of their own: a message's
-/// whole path (the sender's frame, the INSERT, the PUBLISH, the pub/sub read, the writes to the
-/// recipients' sockets) then stays on one thread when a node has one worker, and every hand-off is
-/// a task switch instead of a thread wake-up (a system call and a context switch each; ~6 per
-/// message per node were measured before this). The connections those tasks open (PostgreSQL,
-/// Redis) drive their I/O on that thread too.
-struct NodeTasks {
-    subscriber: crate::bus::Subscriber,
-    hub: crate::hub::HubTasks,
-}
-
-impl AppState {
-    /// Starts the node's tasks on the calling thread's runtime, once; later calls do nothing.
-    fn start_node_tasks(state: &web::Data<AppState>) {
-        let tasks = state.node_tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(NodeTasks { subscriber, hub }) = tasks {
-            tokio::spawn(subscriber.run());
-            hub.spawn(&state.hub);
-            tokio::spawn(crate::presence::maintain(state.clone()));
-            tokio::spawn(crate::revocations::watch(state.revocations.clone(), state.db.clone(), state.hub.clone()));
-        }
-    }
-}
-
-impl AppState {
-    /// A pooled PostgreSQL connection; the wait is measured (pool pressure shows up in metrics
-    /// before it shows up as 503s).
-    pub async fn db_conn(&self) -> Result<db::PooledConn, crate::error::ApiError> {
-        let started = std::time::Instant::now();
-        // Boxed: the checkout future holds a whole connection set-up (several KiB) in case the pool
-        // has to open one, and inline it would make every request and command future that large.
-        let conn = Box::pin(self.db.get()).await;
-        self.metrics.db_pool_wait_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(conn?)
-    }
-
-    /// Runs `query`, recording its duration under `name` (a handful of fixed names, never ids).
-    pub async fn timed<T>(&self, name: &str, query: impl std::future::Future<Output = T>) -> T {
-        let started = std::time::Instant::now();
-        let result = query.await;
-        self.metrics.db_query_duration_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
-        result
-    }
-}
 
 /// A start-up failure, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StartupError(pub String);
 
-impl AppState {
-    pub fn build(settings: Settings) -> Result<Self, StartupError> {
-        let db = db::build_pool(&settings.database_url, settings.db_pool_size, settings.db_pool_timeout())
-            .map_err(|e| StartupError(format!("DATABASE_URL is not usable: {e}")))?;
-        // Nagle's algorithm off on every Redis connection: PUBLISHes pipeline on one connection, and
-        // a small write held back until the previous one is acknowledged is latency for nothing.
-        let redis_info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())
-            .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        // redis-rs gives up on a reply after 500 ms by default. A node that is busy (a storm of
-        // sockets closing at once) polls late, not Redis answering late; wait as long as for a pool.
-        let redis_timeouts = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(settings.db_pool_timeout()))
-            .set_connection_timeout(Some(settings.db_pool_timeout()));
-        let redis_manager = deadpool_redis::Manager::new_with_config(redis_info.clone(), redis_timeouts)
-            .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
-        let redis = deadpool_redis::Pool::builder(redis_manager)
-            .max_size(settings.redis_pool_size)
-            .wait_timeout(Some(settings.db_pool_timeout()))
-            .create_timeout(Some(settings.db_pool_timeout()))
-            .recycle_timeout(Some(settings.db_pool_timeout()))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
-        let tokens = TokenKeys::from_settings(&settings).map_err(StartupError)?;
-        let argon2_concurrency =
-            settings.argon2_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let passwords =
-            PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations, argon2_concurrency)
-                .map_err(StartupError)?;
-        let metrics = Arc::new(Metrics::new(settings.node_id()).map_err(|e| StartupError(e.to_string()))?);
-        let (bus, subscriber, bus_events) =
-            Bus::new(redis_info, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
-        let (hub, hub_tasks) = Hub::new(
-            bus.clone(),
-            bus_events,
-            db.clone(),
-            metrics.clone(),
-            settings.ws_queue,
-            Duration::from_millis(settings.degraded_poll_ms),
-        );
-        let limits = crate::limits::Limits::new(&settings, bus.clone(), metrics.clone());
-        let revocations = Arc::new(crate::revocations::Revocations::new(settings.access_token_ttl_s));
-        let fanout = Fanout::new(bus, hub.clone());
-        let settings_rate = settings.auth_rate_per_min;
-        Ok(Self {
-            settings: Arc::new(settings),
-            db,
-            redis,
-            tokens,
-            passwords,
-            metrics,
-            hub,
-            fanout,
-            auth_limiter: crate::ratelimit::RateLimiter::per_minute(settings_rate),
-            limits,
-            revocations,
-            draining: Default::default(),
-            node_tasks: std::sync::Mutex::new(Some(NodeTasks { subscriber, hub: hub_tasks })),
-        })
+/// Starts the node's tasks (see [`NodeTasks`]) on the calling thread's runtime, once; later calls
+/// do nothing.
+fn start_node_tasks(state: &web::Data<AppState>) {
+    let tasks = state.node_tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(NodeTasks { subscriber, hub }) = tasks {
+        tokio::spawn(subscriber.run());
+        hub.spawn(&state.hub);
+        tokio::spawn(crate::presence::maintain(state.clone()));
+        tokio::spawn(crate::revocations::watch(state.revocations.clone(), state.db.clone(), state.hub.clone()));
     }
+}
+
+/// Builds the node's state from its settings: pools, keys, the bus, the hub. Nothing connects yet.
+pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
+    let db = db::build_pool(&settings.database_url, settings.db_pool_size, settings.db_pool_timeout())
+        .map_err(|e| StartupError(format!("DATABASE_URL is not usable: {e}")))?;
+    // Nagle's algorithm off on every Redis connection: PUBLISHes pipeline on one connection, and
+    // a small write held back until the previous one is acknowledged is latency for nothing.
+    let redis_info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())
+        .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    // redis-rs gives up on a reply after 500 ms by default. A node that is busy (a storm of
+    // sockets closing at once) polls late, not Redis answering late; wait as long as for a pool.
+    let redis_timeouts = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(settings.db_pool_timeout()))
+        .set_connection_timeout(Some(settings.db_pool_timeout()));
+    let redis_manager = deadpool_redis::Manager::new_with_config(redis_info.clone(), redis_timeouts)
+        .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
+    let redis = deadpool_redis::Pool::builder(redis_manager)
+        .max_size(settings.redis_pool_size)
+        .wait_timeout(Some(settings.db_pool_timeout()))
+        .create_timeout(Some(settings.db_pool_timeout()))
+        .recycle_timeout(Some(settings.db_pool_timeout()))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
+    let tokens = TokenKeys::from_settings(&settings).map_err(StartupError)?;
+    let argon2_concurrency =
+        settings.argon2_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let passwords = PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations, argon2_concurrency)
+        .map_err(StartupError)?;
+    let metrics = Arc::new(Metrics::new(settings.node_id()).map_err(|e| StartupError(e.to_string()))?);
+    let (bus, subscriber, bus_events) =
+        Bus::new(redis_info, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
+    let (hub, hub_tasks) = Hub::new(
+        bus.clone(),
+        bus_events,
+        db.clone(),
+        metrics.clone(),
+        settings.ws_queue,
+        Duration::from_millis(settings.degraded_poll_ms),
+    );
+    let limits = crate::limits::Limits::new(&settings, bus.clone(), metrics.clone());
+    let revocations = Arc::new(crate::revocations::Revocations::new(settings.access_token_ttl_s));
+    let fanout = Fanout::new(bus, hub.clone());
+    let settings_rate = settings.auth_rate_per_min;
+    Ok(AppState {
+        settings: Arc::new(settings),
+        db,
+        redis,
+        tokens,
+        passwords,
+        metrics,
+        hub,
+        fanout,
+        auth_limiter: crate::ratelimit::RateLimiter::per_minute(settings_rate),
+        limits,
+        revocations,
+        draining: Default::default(),
+        node_tasks: std::sync::Mutex::new(Some(NodeTasks { subscriber, hub: hub_tasks })),
+    })
 }
 
 /// A node that has bound its port and is ready to run.
@@ -171,7 +113,7 @@ impl Application {
                 "cannot prepare the database at DATABASE_URL (is PostgreSQL running and the database created?): {e}"
             ))
         })?;
-        let state = web::Data::new(AppState::build(settings)?);
+        let state = web::Data::new(build_state(settings)?);
         check_redis(&state).await?;
         // Revoked tokens are refused from the first request on, not from the first poll.
         state
@@ -234,7 +176,7 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, Star
         // Called once on each worker thread: the worker's own delivery task for its sockets, and on
         // the first one, the node's tasks. (actix-web restarts a worker only if its thread dies,
         // which a panic in a handler or a socket's task does not do: tokio contains it in the task.)
-        AppState::start_node_tasks(&state);
+        start_node_tasks(&state);
         let worker = state.hub.add_worker();
         App::new()
             .app_data(state.clone())

@@ -58,7 +58,7 @@ pub async fn request_span(
     let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
-    let app_state = req.app_data::<actix_web::web::Data<crate::startup::AppState>>().cloned();
+    let app_state = req.app_data::<actix_web::web::Data<crate::state::AppState>>().cloned();
     let span = tracing::info_span!("request", request_id = %request_id);
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;

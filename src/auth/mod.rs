@@ -1,16 +1,14 @@
-//! Authentication: password hashing, token issue and verification, and the extractor that turns a
-//! bearer token into the calling user.
+//! Authentication: password hashing, token issue and verification, and who the caller is. Turning a
+//! presented token into an [`AuthUser`] (verification plus revocation) is `service::accounts::authenticate`,
+//! which every transport calls; the HTTP extractor is in `http::extract`.
 
 pub mod password;
 pub mod tokens;
 
-use std::future::{ready, Ready};
-
-use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actix_web::{web, HttpRequest};
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::startup::AppState;
+use self::tokens::Claims;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -23,13 +21,9 @@ pub struct AuthUser {
     pub generation: i32,
 }
 
-impl AuthUser {
-    /// The caller an access token names, if the token is valid, unexpired and not revoked. Every
-    /// transport authenticates through this one function.
-    pub fn from_token(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
-        let claims = state.tokens.verify(token)?;
-        state.revocations.check(claims.sub, claims.gen)?;
-        Ok(AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp, generation: claims.gen })
+impl From<Claims> for AuthUser {
+    fn from(claims: Claims) -> Self {
+        AuthUser { id: claims.sub, username: claims.name, expires_at: claims.exp, generation: claims.gen }
     }
 }
 
@@ -49,20 +43,4 @@ pub fn query_token(req: &HttpRequest) -> Option<String> {
 #[derive(serde::Deserialize)]
 struct TokenQuery {
     token: Option<String>,
-}
-
-impl FromRequest for AuthUser {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, Self::Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
-    }
-}
-
-fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let state =
-        req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-    let token = bearer_token(req).ok_or(ApiError::Unauthenticated)?;
-    AuthUser::from_token(state, &token)
 }

@@ -10,7 +10,7 @@ use crate::auth::AuthUser;
 use crate::error::{ApiResult, ErrorBody};
 use crate::protocol::{Ban, BanRequest, Page};
 use crate::service::rooms;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/rooms/{room_id}/bans").route(web::post().to(ban)).route(web::get().to(list)))

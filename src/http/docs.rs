@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi, ToResponse};
 
 use super::{auth, bans, health, messages, rooms, users};
 use crate::error::ErrorBody;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

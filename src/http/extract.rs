@@ -10,7 +10,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest};
 use serde::de::DeserializeOwned;
 
+use crate::auth::{bearer_token, AuthUser};
 use crate::error::ApiError;
+use crate::service::accounts;
+use crate::state::AppState;
 
 /// A JSON request body.
 pub struct Json<T>(pub T);
@@ -74,7 +77,7 @@ fn json_body(req: &HttpRequest, payload: &mut Payload) -> impl Future<Output = R
         .get(actix_web::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
-    let limit = req.app_data::<web::Data<crate::startup::AppState>>().map_or(0, |s| s.settings.max_frame_bytes);
+    let limit = req.app_data::<web::Data<crate::state::AppState>>().map_or(0, |s| s.settings.max_frame_bytes);
     let body = web::Bytes::from_request(req, payload);
     async move {
         let bytes = body.await.map_err(|e| match e.as_response_error().status_code() {
@@ -126,4 +129,21 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
 fn form_pairs<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(deserializer).map_err(|e| ApiError::from_serde(e, "query"))
+}
+
+/// The caller of an authenticated route, from the `Authorization: Bearer` header.
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
+    let state =
+        req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+    let token = bearer_token(req).ok_or(ApiError::Unauthenticated)?;
+    accounts::authenticate(state, &token)
 }

@@ -10,7 +10,7 @@ use crate::auth::AuthUser;
 use crate::error::{ApiResult, ErrorBody};
 use crate::protocol::{EditMessageRequest, History, Message, Receipt, ReceiptRequest, SendMessageRequest, Unreceived};
 use crate::service::messages;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(

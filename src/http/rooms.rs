@@ -14,7 +14,7 @@ use crate::protocol::{
     UserIdRequest,
 };
 use crate::service::rooms::{self, Scope};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The 404 of every room route.
 const NOT_VISIBLE: &str = "`room.not_found`: no such live room, or a private one the caller is not in";

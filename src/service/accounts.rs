@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult, Missing};
 use crate::presence;
 use crate::protocol::ws::Presence;
 use crate::protocol::{Credentials, Page, TokenPair, User};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::validate::{self, Checks};
 
 pub async fn register(state: &AppState, req: Credentials) -> ApiResult<User> {
@@ -77,6 +77,14 @@ enum Presented {
 async fn revoke_everything(conn: &mut db::DbConn, user: Uuid) -> Result<i32, diesel::result::Error> {
     tokens::revoke_all_families(conn, user).await?;
     tokens::bump_generation(conn, user).await
+}
+
+/// The caller an access token names, if the token is valid, unexpired and not revoked. Every
+/// transport (REST, WebSocket) authenticates through this one function.
+pub fn authenticate(state: &AppState, token: &str) -> ApiResult<AuthUser> {
+    let claims = state.tokens.verify(token)?;
+    state.revocations.check(claims.sub, claims.gen)?;
+    Ok(AuthUser::from(claims))
 }
 
 /// "Log out everywhere": every refresh family of the caller is revoked, every access token issued

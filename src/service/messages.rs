@@ -10,7 +10,7 @@ use crate::error::{ApiError, ApiResult, Missing};
 use crate::limits::Budget;
 use crate::protocol::{History, Message, Receipt, Role, Unreceived, UnreceivedRoom};
 use crate::service::rooms::Access;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::validate::{self, Checks};
 
 const IDEMPOTENCY_INDEX: &str = "messages_idempotency_unique";

@@ -24,7 +24,7 @@ use crate::error::{ApiError, ApiResult, Missing};
 use crate::limits::Budget;
 use crate::presence;
 use crate::protocol::{Ban, BanRequest, CreateRoomRequest, Member, Page, Role, Room, UpdateRoomRequest};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::validate::{self, Checks};
 
 const MAX_MEMBERS_PER_CALL: usize = 100;

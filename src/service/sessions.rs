@@ -11,7 +11,7 @@ use crate::db::rooms::{self as q, RoomState};
 use crate::db::users;
 use crate::error::{ApiError, ApiResult};
 use crate::protocol::User;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The start of a session.
 pub struct Start {

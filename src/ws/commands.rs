@@ -8,7 +8,6 @@ use bytestring::ByteString;
 use serde_json::{json, Value};
 
 use super::session::Connection;
-use crate::auth::AuthUser;
 use crate::error::{ApiError, Missing};
 use crate::protocol::ws::{ClientEvent, Empty, ServerEvent, SyncRoom};
 use crate::service::{accounts, messages, rooms};
@@ -89,7 +88,7 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             to_value(&accounts::presence_of(&state, &query.user_ids).await?)
         }
         ClientEvent::Auth(auth) => {
-            let fresh = AuthUser::from_token(&state, &auth.token)?;
+            let fresh = accounts::authenticate(&state, &auth.token)?;
             if fresh.id != me {
                 return Err(ApiError::field("token", "belongs to another user"));
             }

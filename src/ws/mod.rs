@@ -7,10 +7,11 @@ mod wire;
 use actix_http::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::auth::{bearer_token, query_token, AuthUser};
+use crate::auth::{bearer_token, query_token};
 use crate::error::ApiError;
 use crate::hub::WorkerId;
-use crate::startup::AppState;
+use crate::service::accounts;
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/ws").route(web::get().to(upgrade)));
@@ -27,7 +28,7 @@ async fn upgrade(
     }
     // Authenticate before upgrading, so a bad token is a plain 401 the client can read.
     let token = bearer_token(&req).or_else(|| query_token(&req)).ok_or(ApiError::Unauthenticated)?;
-    let user = AuthUser::from_token(&state, &token)?;
+    let user = accounts::authenticate(&state, &token)?;
     let mut response = actix_http::ws::handshake(req.head()).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
     let (queue, queued) = tokio::sync::mpsc::channel(state.settings.ws_queue);
     let (out, body) = wire::pair(queued);

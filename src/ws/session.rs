@@ -26,7 +26,7 @@ use crate::protocol::ws::{
     close_code, ClientEvent, ErrorEvent, RawFrame, Ready, ReadyRoom, Reply, ServerEvent, CLIENT_EVENTS,
 };
 use crate::service::sessions;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Why a session ended, for the close frame and the metrics.
 enum End {
