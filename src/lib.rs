@@ -35,6 +35,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod revocations;
 pub mod service;
+pub mod session;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

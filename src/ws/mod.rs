@@ -1,6 +1,5 @@
 //! `GET /api/v1/ws`: authenticate, upgrade, and hand the socket to its session task.
 
-mod commands;
 mod session;
 mod wire;
 

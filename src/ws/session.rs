@@ -1,34 +1,33 @@
-//! One task per socket: a single `select!` over the client's frames, the heartbeat, the token's expiry
-//! and close requests. It registers with the hub, sends `ready`, runs until the socket ends, then
-//! unregisters and updates presence. What the hub queues for the socket does not pass through this
-//! task: the connection's response body reads it (`wire`).
+//! The WebSocket transport of a session: one task per socket, a single `select!` over the client's
+//! frames, the heartbeat, the token's expiry and close requests. It reads each text frame as a JSON
+//! envelope (`{event, data, ref}`) and hands it to the session core (`crate::session`), which runs
+//! it and answers through [`Outgoing`]'s [`Outbox`] (JSON frames). What the hub queues for the
+//! socket does not pass through this task: the connection's response body reads it (`wire`).
 
 use std::borrow::Cow;
+use std::cell::RefMut;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_http::ws::ProtocolError;
 use bytestring::ByteString;
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::commands;
 use super::wire::{Inbound, Incoming, Outgoing};
 use crate::auth::AuthUser;
 use crate::clock::unix_secs;
 use crate::error::ApiError;
-use crate::hub::{Outbound, Recipient, SessionControl, WorkerId};
-use crate::presence;
-use actix_http::ws::ProtocolError;
-
-use crate::protocol::ws::{
-    close_code, ClientEvent, ErrorEvent, RawFrame, Ready, ReadyRoom, Reply, ServerEvent, CLIENT_EVENTS,
-};
-use crate::service::sessions;
+use crate::hub::{Outbound, WorkerId};
+use crate::protocol::ws::{close_code, ErrorEvent, RawFrame, Reply, ServerEvent};
+use crate::session::{Outbox, Session};
 use crate::state::AppState;
 
-/// Why a session ended, for the close frame and the metrics.
+/// Why a socket ended, for the close frame and the metrics.
 enum End {
     /// The connection dropped without a close frame: nothing to answer.
     Client,
@@ -37,43 +36,38 @@ enum End {
     Code(u16, &'static str),
 }
 
-/// Per-socket state the command handlers use.
-pub struct Connection {
-    pub state: Arc<AppState>,
-    pub user: AuthUser,
-    pub session_id: Uuid,
-    /// What this socket writes, and its per-room stream positions.
-    pub out: Outgoing,
-    /// Per room, when this socket last forwarded `typing` (throttle).
-    pub typing_at: HashMap<Uuid, Instant>,
-    /// How the hub (or a revocation, or a drain) asks this session to close.
-    pub control: Arc<SessionControl>,
-    rate: TokenBucket,
-}
-
-/// Simple token bucket for the per-session rate limit.
-struct TokenBucket {
-    tokens: f64,
-    per_s: f64,
-    burst: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(per_s: u32, burst: u32) -> Self {
-        TokenBucket { tokens: burst as f64, per_s: per_s as f64, burst: burst as f64, at: Instant::now() }
+/// The session's writes, as WebSocket JSON frames.
+impl Outbox for Outgoing {
+    fn event(&self, event: &ServerEvent) -> usize {
+        let frame = event.to_frame();
+        let len = frame.len();
+        self.text(frame.into());
+        len
     }
-    /// Takes a token, or tells how many seconds until one is free.
-    fn take(&mut self) -> Result<(), u64> {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_s).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - self.tokens) / self.per_s).ceil() as u64)
+
+    fn answer(&self, reference: Option<String>, result: Result<Value, &ApiError>) {
+        match (reference, result) {
+            (Some(r), Ok(value)) => self.text(Reply::ok(r, value).to_frame().into()),
+            (Some(r), Err(e)) => self.text(Reply::err(r, e).to_frame().into()),
+            (None, Ok(_)) => {}
+            (None, Err(e)) => self.text(error_frame(e)),
         }
+    }
+
+    fn hold(&self) {
+        Outgoing::hold(self);
+    }
+
+    fn release(&self) {
+        Outgoing::release(self);
+    }
+
+    fn delivered(&self) -> RefMut<'_, HashMap<Uuid, i64>> {
+        Outgoing::delivered(self)
+    }
+
+    fn flushed(&self) -> impl Future<Output = ()> {
+        Outgoing::flushed(self)
     }
 }
 
@@ -83,122 +77,29 @@ pub async fn run(
     worker: WorkerId,
     out: Outgoing,
     mut inbound: Inbound,
-    tx: mpsc::Sender<Outbound>,
+    queue: mpsc::Sender<Outbound>,
 ) {
-    let session_id = Uuid::now_v7();
-    let control = Arc::new(SessionControl::new(user.generation));
-    Box::pin(state.hub.register(session_id, Recipient { user: user.id, tx, control: control.clone(), worker })).await;
-    state.metrics.ws_connections.inc();
-    state.metrics.ws_connects_total.inc();
-
-    let mut conn = Connection {
-        rate: TokenBucket::new(state.settings.ws_rate_per_s, state.settings.ws_rate_burst),
-        state: state.clone(),
-        user,
-        session_id,
-        out,
-        typing_at: HashMap::new(),
-        control: control.clone(),
-    };
+    let mut session = Session::open(state, user, worker, queue).await;
     // The set-up and command futures are boxed: they are large (every service call they may make
     // is part of their state) and short-lived, and an idle socket should not carry them.
-    let end = match Box::pin(send_ready(&mut conn)).await {
-        Ok(()) => serve(&mut conn, &mut inbound, &control).await,
-        Err(end) => end,
+    let end = match Box::pin(session.start(&out)).await {
+        Ok(()) => serve(&mut session, &out, &mut inbound).await,
+        Err(closing) => End::Code(closing.code, closing.reason),
     };
-
-    state.hub.unregister(session_id);
-    state.metrics.ws_connections.dec();
-    let reason = match end {
-        End::Client | End::ClientClose(_) => "client",
-        End::Code(_, reason) => reason,
-    };
-    state.metrics.ws_disconnects_total.with_label_values(&[reason]).inc();
     // Written after the session's own frames; what the hub queued is abandoned (the client
     // resyncs). A slow consumer gets it once it reads what is already in the pipe.
-    match end {
-        End::Client => {}
-        End::ClientClose(code) => conn.out.close_echo(code.map(echoed_close_code)),
-        End::Code(code, reason) => conn.out.close(code, reason),
-    }
-    Box::pin(leave_presence(&state, conn.user.id, session_id)).await;
-}
-
-async fn leave_presence(state: &AppState, user: Uuid, session_id: Uuid) {
-    match presence::session_closed(state, user, session_id).await {
-        Ok(true) => presence::announce(state, user, presence::Change::Offline).await,
-        Ok(false) => {}
-        Err(error) => tracing::warn!(%error, "presence: could not remove the session lease"),
-    }
-}
-
-/// Registers presence, attaches the user's rooms, and sends `ready`; or says why the session ends.
-async fn send_ready(conn: &mut Connection) -> Result<(), End> {
-    // A revocation that landed between the upgrade's token check and the hub registration found
-    // no session to close: look again now that the session is registered.
-    if conn.state.revocations.check(conn.user.id, conn.user.generation).is_err() {
-        return Err(End::Code(close_code::TOKEN_REVOKED, "token_revoked"));
-    }
-    let state = conn.state.clone();
-    let before = match presence::session_opened(&state, conn.user.id, conn.session_id).await {
-        Ok(before) => before,
-        Err(error) => {
-            tracing::warn!(%error, "presence: could not record the session");
-            // Unknown: not announced as a transition, and not refused (Redis trouble fails open).
-            1
+    let reason = match end {
+        End::Client => "client",
+        End::ClientClose(code) => {
+            out.close_echo(code.map(echoed_close_code));
+            "client"
+        }
+        End::Code(code, reason) => {
+            out.close(code, reason);
+            reason
         }
     };
-    // The newest session past the cap is the one refused: the user's working sessions stay up.
-    if before >= u64::from(state.settings.max_sockets_per_user) {
-        return Err(End::Code(close_code::TOO_MANY_SESSIONS, "too_many_sessions"));
-    }
-    Box::pin(prepare(conn, before == 0)).await.map_err(|e| {
-        tracing::warn!(error = %e, "could not prepare the session");
-        End::Code(1011, "error")
-    })
-}
-
-async fn prepare(conn: &mut Connection, first: bool) -> Result<(), ApiError> {
-    let state = conn.state.clone();
-    let start = sessions::start(&state, conn.user.id).await?;
-    let baselines: Vec<(Uuid, i64)> = start.rooms.iter().map(|r| (r.room_id, r.last_seq)).collect();
-    let effective: HashMap<Uuid, i64> = state.hub.attach(conn.session_id, &baselines).await.into_iter().collect();
-    // A removal (or ban) that committed after the read above announced itself before this socket
-    // was attached, so the hub could not detach it: re-read the memberships now that it is.
-    let still = sessions::member_rooms(&state, conn.user.id).await?;
-    for (room, _) in &baselines {
-        if !still.contains(room) {
-            state.hub.detach(conn.session_id, *room);
-        }
-    }
-    let rooms = start
-        .rooms
-        .into_iter()
-        .filter(|r| still.contains(&r.room_id))
-        .map(|r| {
-            let last_seq = effective.get(&r.room_id).copied().unwrap_or(r.last_seq);
-            conn.out.delivered().insert(r.room_id, last_seq);
-            ReadyRoom { room_id: r.room_id, last_seq, delivered_seq: r.delivered_seq, read_seq: r.read_seq }
-        })
-        .collect();
-    let last_seen_at = start.last_seen_at;
-    let ready = ServerEvent::Ready(Ready {
-        user: start.user,
-        session_id: conn.session_id,
-        node_id: state.settings.node_id().to_owned(),
-        rooms,
-        heartbeat_s: state.settings.ws_heartbeat_s,
-    });
-    conn.out.text(ready.to_frame().into());
-    // `ready` is first on the wire; the hub's queue (held until now) follows.
-    conn.out.release();
-    if first {
-        let state = state.clone();
-        let user = conn.user.id;
-        let change = presence::Change::Online { last_seen_at };
-        tokio::spawn(async move { presence::announce(&state, user, change).await });
-    }
-    Ok(())
+    Box::pin(session.close(reason)).await;
 }
 
 /// The status code that answers a client's close: its own (RFC 6455 §5.5.1), or 1002 for one that no
@@ -212,19 +113,9 @@ fn echoed_close_code(code: u16) -> u16 {
     }
 }
 
-fn closing(control: &SessionControl) -> End {
-    match control.close_code() {
-        // The session's own expiry timer does not go through the control; only a revocation does.
-        Some(close_code::TOKEN_REVOKED) => End::Code(close_code::TOKEN_REVOKED, "token_revoked"),
-        Some(close_code::SLOW_CONSUMER) => End::Code(close_code::SLOW_CONSUMER, "slow_consumer"),
-        Some(close_code::SERVICE_RESTART) => End::Code(close_code::SERVICE_RESTART, "draining"),
-        Some(code) => End::Code(code, "closed"),
-        None => End::Code(1000, "closed"),
-    }
-}
-
-async fn serve(conn: &mut Connection, inbound: &mut Inbound, control: &SessionControl) -> End {
-    let heartbeat_every = Duration::from_secs(conn.state.settings.ws_heartbeat_s);
+async fn serve(session: &mut Session, out: &Outgoing, inbound: &mut Inbound) -> End {
+    let control = session.control.clone();
+    let heartbeat_every = Duration::from_secs(session.state.settings.ws_heartbeat_s);
     let silence_limit = heartbeat_every.mul_f64(2.5);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
     let mut last_heard = Instant::now();
@@ -232,52 +123,42 @@ async fn serve(conn: &mut Connection, inbound: &mut Inbound, control: &SessionCo
     // per loop turn would cost a timer-wheel insert and removal for every frame).
     let expiry_at =
         |expires_at: u64| tokio::time::Instant::now() + Duration::from_secs(expires_at.saturating_sub(unix_secs()));
-    let mut armed_for = conn.user.expires_at;
+    let mut armed_for = session.user.expires_at;
     let expiry = tokio::time::sleep_until(expiry_at(armed_for));
     tokio::pin!(expiry);
     loop {
-        if conn.user.expires_at != armed_for {
-            armed_for = conn.user.expires_at;
+        if session.user.expires_at != armed_for {
+            armed_for = session.user.expires_at;
             expiry.as_mut().reset(expiry_at(armed_for));
         }
         // The client's next frame is read only once the replies to the last one are out.
-        let flushed = conn.out.is_flushed();
+        let flushed = out.is_flushed();
         tokio::select! {
             biased;
-            _ = control.notify.notified() => return closing(control),
-            _ = conn.out.gone() => return End::Client,
+            _ = control.notify.notified() => {
+                let closing = session.closing();
+                return End::Code(closing.code, closing.reason);
+            }
+            _ = out.gone() => return End::Client,
             _ = &mut expiry => {
-                if conn.user.expires_at <= unix_secs() {
+                if session.user.expires_at <= unix_secs() {
                     return End::Code(close_code::TOKEN_EXPIRED, "token_expired");
                 }
                 armed_for = 0; // re-arm for the new expiry on the next turn
             }
-            _ = conn.out.flushed(), if !flushed => {}
+            _ = Outgoing::flushed(out), if !flushed => {}
             message = inbound.recv(), if flushed => {
                 last_heard = Instant::now();
                 match message {
-                    Some(Ok(Incoming::Text(text))) => {
-                        for frame in Box::pin(handle_text(conn, &text)).await {
-                            conn.out.text(frame);
+                    Some(Ok(Incoming::Text(text))) => Box::pin(handle_text(session, out, &text)).await,
+                    Some(Ok(Incoming::Binary)) => match session.admit() {
+                        Ok(()) => {
+                            let error = ApiError::field("frame", "binary frames are not supported; send JSON text");
+                            session.refuse(out, None, &error);
                         }
-                        // A `sync` holds the live stream while it decides what the client has.
-                        conn.out.release();
-                    }
-                    Some(Ok(Incoming::Binary)) => {
-                        let metrics = &conn.state.metrics;
-                        let error = match conn.rate.take() {
-                            Ok(()) => {
-                                metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
-                                ApiError::field("frame", "binary frames are not supported; send JSON text")
-                            }
-                            Err(retry_after) => {
-                                metrics.ws_frames_total.with_label_values(&["rate_limited"]).inc();
-                                ApiError::RateLimited(retry_after.max(1))
-                            }
-                        };
-                        conn.out.text(error_frame(&error));
-                    }
-                    Some(Ok(Incoming::Ping(bytes))) => conn.out.pong(bytes),
+                        Err(error) => Outbox::answer(out, None, Err(&error)),
+                    },
+                    Some(Ok(Incoming::Ping(bytes))) => out.pong(bytes),
                     Some(Ok(Incoming::Pong)) => {}
                     Some(Ok(Incoming::Close(code))) => return End::ClientClose(code),
                     None => return End::Client,
@@ -298,7 +179,7 @@ async fn serve(conn: &mut Connection, inbound: &mut Inbound, control: &SessionCo
                 if last_heard.elapsed() > silence_limit {
                     return End::Code(close_code::HEARTBEAT_TIMEOUT, "heartbeat_timeout");
                 }
-                conn.out.ping();
+                out.ping();
             }
         }
     }
@@ -319,65 +200,25 @@ fn error_frame(error: &ApiError) -> ByteString {
     ByteString::from(ServerEvent::Error(ErrorEvent::from(error)).to_frame())
 }
 
-/// Parses and runs one client frame; returns the frames to send back, in order. Every failure is
-/// an `error` event (no `ref`) or a failed `reply` (with `ref`); the socket stays open. Every frame
-/// takes a token from the rate limit first, garbage included. No size check here: the frame reader
-/// closes the socket (1009) on a frame or message over `CHORUS_MAX_FRAME_BYTES`.
-async fn handle_text(conn: &mut Connection, text: &str) -> Vec<ByteString> {
-    let metrics = conn.state.metrics.clone();
-    if let Err(retry_after) = conn.rate.take() {
-        metrics.ws_frames_total.with_label_values(&["rate_limited"]).inc();
-        let error = ApiError::RateLimited(retry_after.max(1));
+/// Reads one text frame as a JSON envelope and hands it to the session. Every frame takes a token
+/// from the rate budget first, garbage included. No size check here: the frame reader closes the
+/// socket (1009) on a frame or message over `CHORUS_MAX_FRAME_BYTES`.
+async fn handle_text(session: &mut Session, out: &Outgoing, text: &str) {
+    if let Err(error) = session.admit() {
         // Only the envelope is read, to answer a `ref`; `data` is skipped, not built.
-        return vec![match serde_json::from_str::<RefOnly>(text) {
-            Ok(RefOnly { reference: Some(r), .. }) => ByteString::from(Reply::err(r, &error).to_frame()),
-            _ => error_frame(&error),
-        }];
+        let reference = serde_json::from_str::<RefOnly>(text).ok().and_then(|r| r.reference);
+        return Outbox::answer(out, reference, Err(&error));
     }
-    let raw: RawFrame = match serde_json::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
-            return vec![error_frame(&ApiError::field("frame", format!("not a JSON event frame: {e}")))];
-        }
-    };
-    let reference = raw.reference.clone();
-    let event_name = raw.event.clone();
-    let answer = |frames: &mut Vec<ByteString>, result: Result<serde_json::Value, ApiError>| {
-        if let Err(ApiError::Internal(cause) | ApiError::Unavailable(cause)) = &result {
-            tracing::error!(error = %cause, debug = ?cause, event = %event_name, "websocket command failed");
-        }
-        match (&reference, result) {
-            (Some(r), Ok(value)) => frames.push(ByteString::from(Reply::ok(r.clone(), value).to_frame())),
-            (Some(r), Err(e)) => frames.push(ByteString::from(Reply::err(r.clone(), &e).to_frame())),
-            (None, Ok(_)) => {}
-            (None, Err(e)) => frames.push(error_frame(&e)),
-        }
-    };
-    let mut frames = Vec::new();
-    if !CLIENT_EVENTS.contains(&raw.event.as_str()) {
-        metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
-        let error = ApiError::field("event", format!("unknown event `{}`", raw.event));
-        answer(&mut frames, Err(error));
-        return frames;
+    match serde_json::from_str::<RawFrame>(text) {
+        Ok(raw) => session.handle(out, &raw.event, raw.data, raw.reference).await,
+        Err(e) => session.refuse(out, None, &ApiError::field("frame", format!("not a JSON event frame: {e}"))),
     }
-    let event = match ClientEvent::parse(&raw.event, raw.data) {
-        Ok(event) => event,
-        Err(e) => {
-            metrics.ws_frames_total.with_label_values(&["invalid"]).inc();
-            answer(&mut frames, Err(e));
-            return frames;
-        }
-    };
-    metrics.ws_frames_total.with_label_values(&["ok"]).inc();
-    let result = commands::run(conn, event, &mut frames).await;
-    answer(&mut frames, result);
-    frames
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ws::{ClientEvent, CLIENT_EVENTS};
     use proptest::prelude::*;
     use serde_json::{json, Value};
 

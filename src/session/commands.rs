@@ -1,13 +1,12 @@
-//! What each client event does. Every command goes through the same `service` functions as REST,
-//! so rules and fan-out are identical whichever way a client talks.
+//! What each client event does, whatever the transport. Every command goes through the same
+//! `service` functions as REST, so rules and fan-out are identical whichever way a client talks.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use bytestring::ByteString;
 use serde_json::{json, Value};
 
-use super::session::Connection;
+use super::{Outbox, Session};
 use crate::error::{ApiError, Missing};
 use crate::protocol::ws::{ClientEvent, Empty, ServerEvent, SyncRoom};
 use crate::service::{accounts, messages, rooms};
@@ -16,14 +15,14 @@ fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, ApiError> {
     serde_json::to_value(value).map_err(ApiError::internal)
 }
 
-/// Runs one command. Frames it produces (a `pong`) go into `frames` ahead of the reply (a `sync`
-/// writes its replay to the socket itself, in chunks); the returned value is the reply's `result`.
-pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<ByteString>) -> Result<Value, ApiError> {
-    let state = conn.state.clone();
-    let me = conn.user.id;
+/// Runs one command. Events it produces (a `pong`, a `sync` replay) are written ahead of the
+/// answer; the returned value is the answer's `result`.
+pub(super) async fn run(session: &mut Session, out: &impl Outbox, event: ClientEvent) -> Result<Value, ApiError> {
+    let state = session.state.clone();
+    let me = session.user.id;
     match event {
         ClientEvent::Ping(_) => {
-            frames.push(ServerEvent::Pong(Empty {}).to_frame().into());
+            out.event(&ServerEvent::Pong(Empty {}));
             Ok(json!({}))
         }
         ClientEvent::Send(send) => {
@@ -41,44 +40,44 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             to_value(&messages::delete(&state, me, room, delete.message_id).await.map_err(hide_room)?)
         }
         ClientEvent::Typing(typing) => {
-            if !state.hub.is_attached(conn.session_id, typing.room_id) {
+            if !state.hub.is_attached(session.id, typing.room_id) {
                 return Err(ApiError::NotFound(Missing::Room));
             }
             let throttle = Duration::from_millis(state.settings.typing_throttle_ms);
             let now = Instant::now();
-            let recent = conn.typing_at.get(&typing.room_id).is_some_and(|at| now.duration_since(*at) < throttle);
+            let recent = session.typing_at.get(&typing.room_id).is_some_and(|at| now.duration_since(*at) < throttle);
             if !recent {
-                conn.typing_at.insert(typing.room_id, now);
-                state.fanout.typing(typing.room_id, me, &conn.user.username).await;
+                session.typing_at.insert(typing.room_id, now);
+                state.fanout.typing(typing.room_id, me, &session.user.username).await;
             }
             Ok(json!({"forwarded": !recent}))
         }
         ClientEvent::Ack(ack) => {
             to_value(&messages::receipts(&state, me, ack.room_id, ack.delivered_seq, ack.read_seq).await?)
         }
-        ClientEvent::Sync(sync) => Box::pin(sync_rooms(conn, sync.rooms)).await,
+        ClientEvent::Sync(sync) => Box::pin(sync_rooms(session, out, sync.rooms)).await,
         ClientEvent::History(history) => {
             to_value(&messages::history(&state, me, history.room_id, history.before_seq, None, history.limit).await?)
         }
         ClientEvent::Join(join) => {
             let (room, _) = rooms::join(&state, me, join.room_id, join.password).await?;
-            // Attach this socket now so the reply is never ahead of the stream; the member_joined
-            // event attaches the user's other sockets on every node.
-            let effective = state.hub.attach(conn.session_id, &[(room.id, room.last_seq)]).await;
-            // A removal or ban that committed after the join announced itself before this socket
+            // Attach this session now so the answer is never ahead of the stream; the member_joined
+            // event attaches the user's other sessions on every node.
+            let effective = state.hub.attach(session.id, &[(room.id, room.last_seq)]).await;
+            // A removal or ban that committed after the join announced itself before this session
             // was attached: look again now that it is, and let go if so.
             if !rooms::is_member(&state, me, room.id).await? {
-                state.hub.detach(conn.session_id, room.id);
+                state.hub.detach(session.id, room.id);
                 return Err(ApiError::NotFound(Missing::Room));
             }
             for (room_id, last) in effective {
-                conn.out.delivered().entry(room_id).or_insert(last);
+                out.delivered().entry(room_id).or_insert(last);
             }
             to_value(&room)
         }
         ClientEvent::Leave(leave) => {
             rooms::leave(&state, me, leave.room_id).await?;
-            state.hub.detach(conn.session_id, leave.room_id);
+            state.hub.detach(session.id, leave.room_id);
             Ok(json!({}))
         }
         ClientEvent::Presence(query) => {
@@ -92,9 +91,9 @@ pub async fn run(conn: &mut Connection, event: ClientEvent, frames: &mut Vec<Byt
             if fresh.id != me {
                 return Err(ApiError::field("token", "belongs to another user"));
             }
-            conn.user.expires_at = fresh.expires_at;
-            conn.user.generation = fresh.generation;
-            conn.control.set_token_generation(fresh.generation);
+            session.user.expires_at = fresh.expires_at;
+            session.user.generation = fresh.generation;
+            session.control.set_token_generation(fresh.generation);
             let expires_at = chrono::DateTime::from_timestamp(fresh.expires_at as i64, 0);
             Ok(json!({ "expires_at": expires_at }))
         }
@@ -107,21 +106,22 @@ const REPLAY_CHUNK: i64 = 100;
 /// `sync`: replays each named room after the client's position. Bounded per frame whatever the
 /// frame says: a room named twice is replayed once, each room gives at most `CHORUS_WS_SYNC_LIMIT`
 /// messages, and the whole frame at most `CHORUS_SYNC_MAX_MESSAGES` messages and
-/// `CHORUS_SYNC_MAX_BYTES` bytes. Rooms cut short (or not reached) say `has_more`, and the client
-/// syncs again from `last_seq`. Messages are written in chunks, each once the previous one has been
-/// handed to the connection, so a replay never sits in memory whole.
-async fn sync_rooms(conn: &mut Connection, rooms: Vec<SyncRoom>) -> Result<Value, ApiError> {
+/// `CHORUS_SYNC_MAX_BYTES` bytes (the message that reaches it is the last). Rooms cut short (or not
+/// reached) say `has_more`, and the client syncs again from `last_seq`. Messages are written in
+/// chunks, each once the previous one has been handed to the connection, so a replay never sits in
+/// memory whole, and no pooled connection is held while the client reads.
+async fn sync_rooms(session: &Session, out: &impl Outbox, rooms: Vec<SyncRoom>) -> Result<Value, ApiError> {
     if rooms.len() > 500 {
         return Err(ApiError::field("rooms", "at most 500 rooms per sync"));
     }
-    let state = conn.state.clone();
+    let state = session.state.clone();
     let settings = &state.settings;
     let mut messages_left = settings.sync_max_messages;
     let mut bytes_left = settings.sync_max_bytes;
     let mut seen = HashSet::with_capacity(rooms.len());
     // No live frame goes out while the replay is read: the positions set below decide which of them
     // the client already has (the session releases the hold once the reply is queued).
-    conn.out.hold();
+    out.hold();
     let mut rooms_out = Vec::with_capacity(rooms.len());
     for room in rooms {
         if !seen.insert(room.room_id) {
@@ -132,7 +132,7 @@ async fn sync_rooms(conn: &mut Connection, rooms: Vec<SyncRoom>) -> Result<Value
             rooms_out.push(json!({"room_id": room.room_id, "last_seq": last, "has_more": true}));
             continue;
         }
-        let replay = messages::Replay::open(&state, conn.user.id, room.room_id).await?;
+        let replay = messages::Replay::open(&state, session.user.id, room.room_id).await?;
         let mut room_left = settings.ws_sync_limit;
         let has_more = loop {
             let want = REPLAY_CHUNK.min(room_left).min(messages_left);
@@ -143,20 +143,18 @@ async fn sync_rooms(conn: &mut Connection, rooms: Vec<SyncRoom>) -> Result<Value
             let (chunk, more) = replay.next(&state, last, want).await?;
             let mut cut = false;
             for message in chunk {
-                let frame = ServerEvent::Message(message.clone()).to_frame();
-                // The first message always goes out, so a sync makes progress whatever the budget.
-                if frame.len() > bytes_left && messages_left < settings.sync_max_messages {
-                    bytes_left = 0;
+                if bytes_left == 0 {
                     cut = true;
                     break;
                 }
-                bytes_left = bytes_left.saturating_sub(frame.len());
+                let seq = message.seq;
+                let written = out.event(&ServerEvent::Message(message));
+                bytes_left = bytes_left.saturating_sub(written);
                 messages_left -= 1;
                 room_left -= 1;
-                last = message.seq;
-                conn.out.text(frame.into());
+                last = seq;
             }
-            conn.out.flushed().await;
+            out.flushed().await;
             if cut {
                 break true;
             }
@@ -164,7 +162,7 @@ async fn sync_rooms(conn: &mut Connection, rooms: Vec<SyncRoom>) -> Result<Value
                 break false;
             }
         };
-        let mut positions = conn.out.delivered();
+        let mut positions = out.delivered();
         let delivered = positions.entry(room.room_id).or_insert(0);
         *delivered = (*delivered).max(last);
         drop(positions);
