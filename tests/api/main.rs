@@ -1,4 +1,6 @@
 //! One integration-test binary: every test talks HTTP (and WebSocket) to real nodes.
+// The whole crate is test code, helpers included: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
 
