@@ -6,6 +6,7 @@ mod helpers;
 
 mod accounts;
 mod cluster;
+mod layers;
 mod messages;
 mod metrics;
 mod ops;
