@@ -407,6 +407,11 @@ impl Settings {
                 "CHORUS_WS_HEARTBEAT_S, CHORUS_PRESENCE_TTL_S and CHORUS_WS_RATE_PER_S must be positive, CHORUS_WS_QUEUE at least 8".into(),
             ));
         }
+        if self.ws_rate_burst == 0 || self.ws_sync_limit < 1 {
+            return Err(ConfigError(
+                "CHORUS_WS_RATE_BURST and CHORUS_WS_SYNC_LIMIT must be at least 1 (0 would refuse every frame, or replay nothing forever)".into(),
+            ));
+        }
         if self.sync_max_messages < 1
             || self.sync_max_bytes < self.max_message_bytes
             || self.unreceived_max_messages < 1
