@@ -1,23 +1,25 @@
 //! Chorus: a horizontally scaled chat server.
 //!
-//! Module map, following a message from the wire to storage:
-//! - [`config`]: settings from the environment, read and validated once at start-up.
-//! - [`startup`]: builds [`startup::AppState`] (pools, keys) and runs the HTTP server.
+//! Module map, top layer first (docs/ARCHITECTURE.md §0 draws it; `tests/api/layers.rs` keeps
+//! imports pointing down):
+//! - [`startup`]: builds the node's [`state::AppState`] from [`config`], starts its tasks, runs the
+//!   HTTP server and the drain.
 //! - [`http`]: REST handlers, thin: parse, call [`service`], shape the response.
-//! - [`service`]: what Chorus does (accounts, rooms, messages), shared by REST and WebSocket.
-//! - [`db`]: PostgreSQL schema, row types and one query module per aggregate.
-//! - [`auth`]: argon2id passwords, JWT access tokens, rotating refresh tokens.
-//! - [`ws`]: the WebSocket endpoint, the per-socket session loop, and the socket's framing (`wire`).
-//! - [`fanout`]: turns an event into one frame and one PUBLISH.
-//! - [`bus`]: this node's Redis pub/sub connection (subscribe) and publishing.
-//! - [`hub`]: this node's sockets, room subscriptions, in-order gap-free delivery.
+//! - [`ws`]: the WebSocket transport: frames in and out (`wire`), heartbeat, close codes.
+//! - [`telemetry`]: structured logs and per-request ids.
+//! - [`session`]: a connected client whatever its transport: `ready`, its commands, its end.
+//! - [`service`]: what Chorus does (accounts, rooms, messages), shared by every transport.
 //! - [`presence`]: who is online, kept in Redis.
+//! - [`state`]: `AppState`, what the layers above share; it imports none of them.
 //! - [`limits`]: per-user cost limits (sends, rooms, password attempts), cluster-wide in Redis.
 //! - [`revocations`]: "log out everywhere": revoked token generations, polled from PostgreSQL.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`protocol`]: the wire types.
-//! - [`error`]: the one error enum and its mapping to HTTP status and wire code.
-//! - [`telemetry`]: structured logs and per-request ids.
+//! - [`fanout`]: turns an event into one frame and one PUBLISH.
+//! - [`hub`]: this node's sockets, room subscriptions, in-order gap-free delivery.
+//! - [`bus`]: this node's Redis pub/sub connection (subscribe) and publishing.
+//! - [`db`]: PostgreSQL schema, row types and one query module per aggregate.
+//! - [`protocol`], [`error`], [`config`], [`metrics`], [`auth`], [`validate`], [`ratelimit`],
+//!   [`clock`]: the wire types, the one error enum and its wire codes, settings, Prometheus
+//!   metrics, passwords and tokens, input rules, token buckets, the wall clock.
 
 pub mod auth;
 pub mod bus;
