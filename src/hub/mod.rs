@@ -12,9 +12,9 @@
 //! By concern:
 //! - this file: the registry (sessions, rooms, users), Redis subscriptions that follow it, and the
 //!   routing of each bus envelope to its recipients;
-//! - [`order`]: per-room, in-order, gap-free delivery of messages (the room shards, gap fill);
-//! - [`delivery`]: handing frames to sockets' queues on their own worker threads, backpressure;
-//! - [`recovery`]: what runs when the bus was lost: catch-up, membership reconcile, degraded polling.
+//! - `order`: per-room, in-order, gap-free delivery of messages (the room shards, gap fill);
+//! - `delivery`: handing frames to sockets' queues on their own worker threads, backpressure;
+//! - `recovery`: what runs when the bus was lost: catch-up, membership reconcile, degraded polling.
 //!
 //! The channels inside the hub are unbounded on purpose: each carries work the hub has already
 //! accepted from the one bus connection (or a membership change), and a bound would have to either
