@@ -66,7 +66,7 @@ pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
         settings.argon2_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let passwords = PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations, argon2_concurrency)
         .map_err(StartupError)?;
-    let metrics = Arc::new(Metrics::new(settings.node_id()).map_err(|e| StartupError(e.to_string()))?);
+    let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(e.to_string()))?);
     let (bus, subscriber, bus_events) =
         Bus::new(redis_info, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
     let (hub, hub_tasks) = Hub::new(

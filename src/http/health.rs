@@ -69,8 +69,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let status = state.db.status();
-    state.metrics.db_pool_size.set(status.size as i64);
-    state.metrics.db_pool_in_use.set((status.size - status.available) as i64);
-    state.metrics.db_pool_waiting.set(status.waiting as i64);
+    state.metrics.db_pool_connections.set(status.size as i64);
+    state.metrics.db_pool_in_use_connections.set((status.size - status.available) as i64);
+    state.metrics.db_pool_waiting_requests.set(status.waiting as i64);
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }
