@@ -21,25 +21,32 @@
 //!   [`clock`]: the wire types, the one error enum and its wire codes, settings, Prometheus
 //!   metrics, passwords and tokens, input rules, token buckets, the wall clock.
 
-pub mod auth;
-pub mod bus;
-pub mod clock;
+mod auth;
+mod bus;
+mod clock;
 pub mod config;
-pub mod db;
-pub mod error;
-pub mod fanout;
-pub mod http;
-pub mod hub;
-pub mod limits;
-pub mod metrics;
-pub mod presence;
-pub mod protocol;
-pub mod ratelimit;
-pub mod revocations;
-pub mod service;
-pub mod session;
+mod db;
+mod error;
+mod fanout;
+mod http;
+mod hub;
+mod limits;
+mod metrics;
+mod presence;
+mod protocol;
+mod ratelimit;
+mod revocations;
+mod service;
+mod session;
 pub mod startup;
-pub mod state;
-pub mod telemetry;
-pub mod validate;
-pub mod ws;
+mod state;
+mod telemetry;
+mod validate;
+mod ws;
+
+// What the binary, the tests and the load generator use; everything else is private, so the
+// compiler flags what nothing uses.
+pub use auth::tokens::Claims;
+pub use clock::unix_secs;
+pub use db::{run_migrations, schema, MIGRATIONS};
+pub use telemetry::init as init_logging;

@@ -6,7 +6,7 @@ use clap::Parser;
 
 use chorus::config::{Cli, Command};
 use chorus::startup::Application;
-use chorus::{db, telemetry};
+use chorus::{init_logging, run_migrations};
 
 /// Allocations of 8 KiB and more get their own mappings instead of a slot in glibc's heap. Every
 /// socket carries actix-http's 8 KiB read and 8 KiB write buffers (fixed in its HTTP/1 dispatcher);
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         eprintln!("chorus: {e}");
         return ExitCode::from(2);
     }
-    telemetry::init(settings.log_format);
+    init_logging(settings.log_format);
     // The HTTP workers run their own single-threaded runtimes, and the node's tasks run on the first
     // of them (`startup::NodeTasks`); this one only migrates, binds, and waits for the drain signal.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => runtime.block_on(async {
-            let applied = db::run_migrations(&settings.database_url)
+            let applied = run_migrations(&settings.database_url)
                 .await
                 .map_err(|e| format!("cannot migrate the database at DATABASE_URL: {e}"))?;
             tracing::info!(count = applied.len(), ?applied, "migrations applied");

@@ -60,13 +60,12 @@ pub async fn seed(database_url: &str, secret: &str, users: usize, room_size: usi
         .map_err(|e| format!("insert members: {e}"))?;
     }
     let key = EncodingKey::from_secret(secret.as_bytes());
-    let now = chorus::clock::unix_secs();
+    let now = chorus::unix_secs();
     let users = user_ids
         .iter()
         .zip(&names)
         .map(|(id, name)| {
-            let claims =
-                chorus::auth::tokens::Claims { sub: *id, name: name.clone(), iat: now, exp: now + 6 * 3600, gen: 0 };
+            let claims = chorus::Claims { sub: *id, name: name.clone(), iat: now, exp: now + 6 * 3600, gen: 0 };
             jsonwebtoken::encode(&Header::default(), &claims, &key).map(|t| (*id, t)).map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -70,9 +70,7 @@ pub struct NewRoom<'a> {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = rooms)]
 pub struct RoomRow {
-    pub id: Uuid,
     pub kind: String,
-    pub name: Option<String>,
     pub visibility: String,
     pub password_hash: Option<String>,
     pub last_seq: i64,
@@ -99,8 +97,6 @@ pub struct NewMember<'a> {
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = room_members)]
 pub struct MemberRow {
-    pub room_id: Uuid,
-    pub user_id: Uuid,
     pub role: String,
     pub joined_at: DateTime<Utc>,
     pub delivered_seq: i64,

@@ -31,32 +31,38 @@ pub struct ApiDoc;
 
 // Error responses shared by many operations. Every error body is `ErrorBody` (`{code, message,
 // details?}`); the statuses an operation can really answer are listed on the operation itself.
+// These types exist only for the document (`ToResponse`): nothing builds or reads them.
 
 /// `validation`: malformed JSON, a Content-Type other than `application/json`, a missing, unknown or
 /// ill-typed field, an id in the path that is not a UUID, or a value out of range. `details` names
 /// each bad field.
 #[derive(ToResponse)]
+#[allow(dead_code)]
 pub struct BadRequest(pub ErrorBody);
 
 /// No valid access token (`auth.unauthenticated`, `auth.token_expired`, `auth.token_revoked`).
 #[derive(ToResponse)]
 #[response(headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
+#[allow(dead_code)]
 pub struct Unauthorized(pub ErrorBody);
 
 /// The request body is larger than the node accepts (`CHORUS_MAX_FRAME_BYTES`), or a message's
 /// content is longer than `CHORUS_MAX_MESSAGE_BYTES` (`message.too_large`).
 #[derive(ToResponse)]
+#[allow(dead_code)]
 pub struct PayloadTooLarge(pub ErrorBody);
 
 /// `rate_limited`: retry after the number of seconds in `Retry-After`.
 #[derive(ToResponse)]
 #[response(headers(("Retry-After" = u64, description = "Seconds until a retry can succeed")))]
+#[allow(dead_code)]
 pub struct TooManyRequests(pub ErrorBody);
 
 /// `unavailable`: PostgreSQL or Redis did not answer in time, or the node is at its limit of
 /// concurrent password hashes (then with `Retry-After`). Safe to retry.
 #[derive(ToResponse)]
 #[response(headers(("Retry-After" = u64, description = "Seconds to wait, when the node is busy")))]
+#[allow(dead_code)]
 pub struct Unavailable(pub ErrorBody);
 
 struct BearerAuth;

@@ -1,5 +1,5 @@
-//! Wire types: every JSON body the REST API takes or returns. Shared with the load generator and the
-//! tests, and the source of the OpenAPI schemas.
+//! Wire types: every JSON body the REST API takes or returns, and the source of the OpenAPI schemas.
+//! (The load generator and the tests speak the protocol as JSON of their own, as any client would.)
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use actix_web::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chorus::auth::tokens::Claims;
+use chorus::Claims;
 use futures_util::future::join_all;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -168,7 +168,7 @@ async fn a_missing_or_malformed_token_is_unauthenticated() {
 async fn a_token_signed_with_another_secret_is_rejected() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
-    let now = chorus::clock::unix_secs();
+    let now = chorus::unix_secs();
     // Control: the same claims signed with the node's secret are accepted, so the minting is right.
     let good = mint(NODE_SECRET, &alice, now, now + 300);
     let ok = app.get("/api/v1/users/me", &good).await;
@@ -184,7 +184,7 @@ async fn a_token_signed_with_another_secret_is_rejected() {
 async fn a_token_with_alg_none_is_rejected() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
-    let now = chorus::clock::unix_secs();
+    let now = chorus::unix_secs();
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let claims = json!({"sub": alice.id, "name": alice.username, "iat": now, "exp": now + 300});
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
@@ -203,7 +203,7 @@ async fn a_token_with_alg_none_is_rejected() {
 async fn an_expired_token_is_token_expired() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
-    let now = chorus::clock::unix_secs();
+    let now = chorus::unix_secs();
     let expired = mint(NODE_SECRET, &alice, now - 1000, now - 120);
     let res = app.get("/api/v1/users/me", &expired).await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{:?}", res.body);
@@ -484,9 +484,8 @@ async fn rs256_and_eddsa_tokens_work_and_hs256_ones_are_refused_then() {
         let me = app.get("/api/v1/users/me", &user.token).await;
         assert_eq!(me.status, StatusCode::OK, "{name}: {:?}", me.body);
         // A token signed with a shared secret is no good on a cluster that signs asymmetrically.
-        let now = chorus::clock::unix_secs();
-        let claims =
-            chorus::auth::tokens::Claims { sub: user.id, name: user.username.clone(), iat: now, exp: now + 60, gen: 0 };
+        let now = chorus::unix_secs();
+        let claims = chorus::Claims { sub: user.id, name: user.username.clone(), iat: now, exp: now + 60, gen: 0 };
         let hs = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,

@@ -298,14 +298,8 @@ async fn an_expired_token_closes_the_socket_unless_auth_swapped_in_a_fresh_one()
     let alice = nodes[0].user("alice").await;
     let secret = "test-secret-that-is-long-enough-0123456789";
     let mint = |ttl: u64| {
-        let now = chorus::clock::unix_secs();
-        let claims = chorus::auth::tokens::Claims {
-            sub: alice.id,
-            name: alice.username.clone(),
-            iat: now,
-            exp: now + ttl,
-            gen: 0,
-        };
+        let now = chorus::unix_secs();
+        let claims = chorus::Claims { sub: alice.id, name: alice.username.clone(), iat: now, exp: now + ttl, gen: 0 };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,

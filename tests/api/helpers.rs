@@ -64,7 +64,7 @@ async fn template() -> &'static str {
             }
             let name = format!("chorus_tpl_{}_{}", unix_secs(), Uuid::new_v4().simple());
             diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create template");
-            chorus::db::run_migrations(&database_url(&name)).await.expect("migrate template");
+            chorus::run_migrations(&database_url(&name)).await.expect("migrate template");
             name
         })
         .await
@@ -144,7 +144,7 @@ fn init_test_log() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            chorus::telemetry::init(chorus::config::LogFormat::Text);
+            chorus::init_logging(chorus::config::LogFormat::Text);
         }
     });
 }

@@ -377,20 +377,20 @@ async fn migrations_revert_and_reapply_cleanly() {
         for table in TABLES {
             assert!(table_exists(&mut conn, table), "{table} exists after migrating");
         }
-        let reverted = conn.revert_all_migrations(chorus::db::MIGRATIONS).expect("revert every migration").len();
+        let reverted = conn.revert_all_migrations(chorus::MIGRATIONS).expect("revert every migration").len();
         assert!(reverted > 0);
         for table in TABLES {
             assert!(!table_exists(&mut conn, table), "{table} is gone after reverting");
         }
-        assert!(conn.has_pending_migration(chorus::db::MIGRATIONS).expect("pending?"));
-        let applied = conn.run_pending_migrations(chorus::db::MIGRATIONS).expect("re-run every migration").len();
+        assert!(conn.has_pending_migration(chorus::MIGRATIONS).expect("pending?"));
+        let applied = conn.run_pending_migrations(chorus::MIGRATIONS).expect("re-run every migration").len();
         assert_eq!(applied, reverted);
         for table in TABLES {
             assert!(table_exists(&mut conn, table), "{table} is back after re-running");
         }
-        assert!(!conn.has_pending_migration(chorus::db::MIGRATIONS).expect("pending?"));
+        assert!(!conn.has_pending_migration(chorus::MIGRATIONS).expect("pending?"));
         // schema.rs matches the re-created tables: selecting every column it names works.
-        use chorus::db::schema::*;
+        use chorus::schema::*;
         users::table.select(users::all_columns).limit(0).execute(&mut conn).expect("users columns");
         refresh_families::table
             .select(refresh_families::all_columns)
