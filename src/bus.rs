@@ -152,6 +152,10 @@ impl Bus {
         metrics: Arc<Metrics>,
     ) -> Result<(Bus, Subscriber, mpsc::UnboundedReceiver<BusEvent>), String> {
         let client = redis::Client::open(redis).map_err(|e| format!("REDIS_URL is not usable: {e}"))?;
+        // Unbounded on purpose. Commands: one per subscription change, made under the hub's lock,
+        // which must not wait on the subscriber (it may be reconnecting). Events: what Redis already
+        // delivered; the hub drains them on the same thread, and a bound would make the subscriber
+        // stop reading, which Redis answers by dropping the connection (output buffer limit).
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));

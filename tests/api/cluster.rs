@@ -6,8 +6,8 @@ use futures_util::future::join_all;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::clients::*;
 use crate::helpers::*;
-use crate::ws::*;
 
 /// Three nodes, three users (one per node), one private room they all share.
 async fn three_node_room() -> (Vec<TestApp>, Vec<TestUser>, Uuid) {

@@ -2,6 +2,7 @@
 // The whole crate is test code, helpers included: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod clients;
 mod helpers;
 
 mod accounts;
@@ -14,4 +15,3 @@ mod resilience;
 mod rooms;
 mod security;
 mod wire;
-mod ws;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::clients::*;
 use crate::helpers::*;
-use crate::ws::*;
 
 /// The value of one series (`name` including labels), 0 when absent.
 async fn scrape(node: &TestApp) -> String {

@@ -6,8 +6,8 @@ use chorus::startup::Application;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::clients::*;
 use crate::helpers::*;
-use crate::ws::*;
 
 async fn status_of(url: &str) -> Option<u16> {
     awc::Client::new().get(url).send().await.ok().map(|r| r.status().as_u16())

@@ -8,8 +8,8 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::clients::*;
 use crate::helpers::*;
-use crate::ws::*;
 
 /// Peak resident memory of a process, in KiB (`VmHWM`).
 fn peak_rss_kib(pid: u32) -> u64 {

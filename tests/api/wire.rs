@@ -12,8 +12,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::clients::{spawn_cluster, WsClient, WAIT};
 use crate::helpers::*;
-use crate::ws::{spawn_cluster, WsClient, WAIT};
 
 /// The close frame that answers `sent`, read past anything else the server writes first.
 async fn close_answer(client: &mut WsClient, sent: Option<CloseReason>) -> Option<Option<CloseReason>> {
