@@ -316,6 +316,25 @@ async fn rest_and_websocket_sends_share_one_budget_across_nodes() {
 }
 
 #[actix_web::test]
+async fn a_burst_within_the_send_budget_is_never_refused_even_all_at_once() {
+    // A burst of 30 that refills slowly (1/s). Nodes take send tokens from Redis a few at a time;
+    // 25 sends at once must still all fit, and most of 15 more at once must not.
+    let app = spawn_app_with(|s| {
+        s.send_rate_per_s = 1;
+        s.send_burst = 30;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let room = app.room(&alice, "private").await;
+    let first = join_all((0..25).map(|_| app.send(&alice, room, "burst"))).await;
+    let statuses: Vec<u16> = first.iter().map(|r| r.status.as_u16()).collect();
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let more = join_all((0..15).map(|_| app.send(&alice, room, "more"))).await;
+    let refused = more.iter().filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS).count();
+    assert!(refused >= 5, "{refused} of 15 refused past a burst of 30");
+}
+
+#[actix_web::test]
 async fn room_and_direct_room_creation_are_limited_per_user() {
     let app = spawn_app_with(|s| {
         s.rooms_created_per_hour = 3;
