@@ -61,10 +61,20 @@ struct Fetch {
 struct Lease {
     tokens: u32,
     until: Instant,
-    /// A send of this user is taking a lease from Redis right now: concurrent sends take one token
-    /// each instead of a lease each, so a burst never drains the bucket into idle leases.
-    fetching: bool,
+    /// Since when a send of this user has been taking a lease from Redis: meanwhile concurrent sends
+    /// take one token each instead of a lease each, so a burst never drains the bucket into idle
+    /// leases. A fetch whose request was dropped midway stops counting after [`FETCH_TIMEOUT`].
+    fetching: Option<Instant>,
 }
+
+impl Lease {
+    fn is_fetching(&self, now: Instant) -> bool {
+        self.fetching.is_some_and(|since| now.duration_since(since) < FETCH_TIMEOUT)
+    }
+}
+
+/// How long a lease fetch may take before another send may start one.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a request spends.
 #[derive(Debug, Clone, Copy)]
@@ -154,19 +164,19 @@ impl Limits {
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if leases.len() > MAX_LEASES {
-            leases.retain(|_, lease| lease.fetching || (lease.until > now && lease.tokens > 0));
+            leases.retain(|_, lease| lease.is_fetching(now) || (lease.until > now && lease.tokens > 0));
         }
-        let lease = leases.entry(user).or_insert(Lease { tokens: 0, until: now, fetching: false });
+        let lease = leases.entry(user).or_insert(Lease { tokens: 0, until: now, fetching: None });
         if lease.until <= now {
             lease.tokens = 0;
         }
         if lease.tokens > 0 {
             lease.tokens -= 1;
             None
-        } else if lease.fetching {
+        } else if lease.is_fetching(now) {
             Some(Fetch { tokens: 1, leads: false })
         } else {
-            lease.fetching = true;
+            lease.fetching = Some(now);
             Some(Fetch { tokens: self.send_lease, leads: true })
         }
     }
@@ -176,9 +186,9 @@ impl Limits {
     fn settle_send(&self, user: Uuid, fetch: Fetch, granted: u32) {
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let lease = leases.entry(user).or_insert(Lease { tokens: 0, until: now, fetching: false });
+        let lease = leases.entry(user).or_insert(Lease { tokens: 0, until: now, fetching: None });
         if fetch.leads {
-            lease.fetching = false;
+            lease.fetching = None;
         }
         if granted > 1 {
             if lease.until <= now {
