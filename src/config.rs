@@ -183,7 +183,8 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_SYNC_MAX_MESSAGES", default_value_t = 2000)]
     pub sync_max_messages: i64,
 
-    /// Most bytes of message content one `sync` frame replays across all its rooms.
+    /// Most bytes of `message` frames one `sync` frame replays across all its rooms (the message that
+    /// reaches it is the last one sent).
     #[arg(long, env = "CHORUS_SYNC_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub sync_max_bytes: usize,
 
