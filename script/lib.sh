@@ -394,18 +394,47 @@ chorus_nginx_bin() {
 #   @LB_PORT@   what `listen` takes: a port (8080) or address:port (127.0.0.1:8080)
 #   @PREFIX@    directory for the pid file and temp files (must exist)
 #   @LOG_DIR@   directory for access.log and error.log
-#   @UPSTREAMS@ alone on its line: replaced by one `server UPSTREAM;` line per
-#               UPSTREAM (host:port), with the same indentation
+#   @UPSTREAMS@ alone on its line: replaced by one `server HOST:PORT;` line per
+#               UPSTREAM, with the same indentation
+#   @NODE_UPSTREAMS@, @SIO_ROUTES@  alone on their lines: for each UPSTREAM
+#               given as NODE_ID=HOST:PORT, the n-th on the command line, an
+#               `upstream chorus_node_<n>` holding that one server, and a map
+#               line sending a Socket.IO sid issued by that node (`<node>.<hex>`,
+#               <node> = NODE_ID with characters outside [A-Za-z0-9-] made '-',
+#               as the node does) to it. A bare HOST:PORT (a server whose ids are
+#               unknown) joins only the balanced group.
 # Comment lines are copied unchanged.
 render_nginx_conf() {
 	local template=$1 out=$2 listen=$3 prefix=$4 log_dir=$5
 	shift 5
 	(($# > 0)) || chorus_die "render_nginx_conf: no upstreams"
+	local u id addr n=0 servers=() node_ups=() routes=() seen=" "
+	for u in "$@"; do
+		n=$((n + 1))
+		if [[ $u == *=* ]]; then
+			id=${u%%=*} addr=${u#*=}
+			# What the node puts before the dot of a sid it issues.
+			id=${id//[^A-Za-z0-9-]/-}
+			[[ -n $id ]] || chorus_die "render_nginx_conf: empty node id in '$u'"
+			[[ $seen != *" $id "* ]] || chorus_die "render_nginx_conf: two nodes issue sids '$id.…' ('$u')"
+			seen+="$id "
+			node_ups+=("upstream chorus_node_$n {" "    server $addr;" "    keepalive 16;" "}")
+			routes+=("\"~^$id\\.\" chorus_node_$n;")
+		else
+			addr=$u
+		fi
+		[[ $addr =~ ^[^[:space:]\;{}=]+$ ]] || chorus_die "render_nginx_conf: bad upstream '$u' (want HOST:PORT or NODE_ID=HOST:PORT)"
+		servers+=("server $addr;")
+	done
 	local tmp
 	tmp=$(mktemp "$out.XXXXXX")
 	# Values are passed through ENVIRON, not -v, so awk does not interpret
-	# backslashes; index/substr instead of gsub so '&' stays literal.
-	LB="$listen" PFX="$prefix" LOGD="$log_dir" UPS="$*" awk '
+	# backslashes; index/substr instead of gsub so '&' stays literal. Lists
+	# are newline-separated lines, each placed at the placeholder's indentation.
+	LB="$listen" PFX="$prefix" LOGD="$log_dir" \
+		UPS="$(printf '%s\n' "${servers[@]}")" \
+		NODEUPS="$(((${#node_ups[@]})) && printf '%s\n' "${node_ups[@]}")" \
+		ROUTES="$(((${#routes[@]})) && printf '%s\n' "${routes[@]}")" awk '
 		function subst(s, key, val,    i, out) {
 			out = ""
 			while ((i = index(s, key)) > 0) {
@@ -414,16 +443,18 @@ render_nginx_conf() {
 			}
 			return out s
 		}
+		function lines(line, val,    indent, n, l, j) {
+			indent = line
+			sub(/[^ \t].*$/, "", indent)
+			n = split(val, l, "\n")
+			for (j = 1; j <= n; j++) if (l[j] != "") print indent l[j]
+		}
 		# Comments pass through as they are (the header documents the
 		# placeholders by name).
 		/^[ \t]*#/ { print; next }
-		/^[ \t]*@UPSTREAMS@[ \t]*$/ {
-			indent = $0
-			sub(/[^ \t].*$/, "", indent)
-			n = split(ENVIRON["UPS"], ups, " ")
-			for (j = 1; j <= n; j++) print indent "server " ups[j] ";"
-			next
-		}
+		/^[ \t]*@UPSTREAMS@[ \t]*$/ { lines($0, ENVIRON["UPS"]); next }
+		/^[ \t]*@NODE_UPSTREAMS@[ \t]*$/ { lines($0, ENVIRON["NODEUPS"]); next }
+		/^[ \t]*@SIO_ROUTES@[ \t]*$/ { lines($0, ENVIRON["ROUTES"]); next }
 		{
 			line = subst($0, "@LB_PORT@", ENVIRON["LB"])
 			line = subst(line, "@PREFIX@", ENVIRON["PFX"])
@@ -449,7 +480,8 @@ render_compose_nginx_conf() {
 	local out=${1:-$CHORUS_ROOT/deploy/nginx/compose.conf} tmp
 	tmp=$(mktemp)
 	render_nginx_conf "$CHORUS_ROOT/deploy/nginx/chorus.conf.template" "$tmp" \
-		8080 /var/cache/nginx /var/log/nginx chorus-1:8080 chorus-2:8080 chorus-3:8080
+		8080 /var/cache/nginx /var/log/nginx \
+		chorus-1=chorus-1:8080 chorus-2=chorus-2:8080 chorus-3=chorus-3:8080
 	{
 		printf '# GENERATED from deploy/nginx/chorus.conf.template; do not edit by hand.\n'
 		printf "# Regenerate: bash -c 'source script/lib.sh && render_compose_nginx_conf'\n"
