@@ -38,6 +38,7 @@ mod ratelimit;
 mod revocations;
 mod service;
 mod session;
+mod sio;
 pub mod startup;
 mod state;
 mod telemetry;

@@ -33,6 +33,7 @@ pub fn configure(max_body: usize) -> impl FnOnce(&mut web::ServiceConfig) {
                     .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
                     .configure(health::routes)
                     .configure(docs::routes)
+                    .configure(crate::sio::routes)
                     .service(
                         web::scope("/api/v1")
                             .configure(auth::routes)

@@ -27,7 +27,7 @@ mod recovery;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU16, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -49,15 +49,28 @@ pub type Outbound = Arc<Queued>;
 
 #[derive(Debug)]
 pub struct Queued {
+    /// The event as an `/api/v1/ws` frame.
     pub frame: ByteString,
     /// For a room's message, `(room, seq)`: the session drops it if it already has this seq (e.g.
     /// from a `sync`).
     pub stream: Option<(Uuid, i64)>,
+    /// The same event as a Socket.IO packet, made by the first Socket.IO recipient that writes it
+    /// and shared by the rest: each protocol serializes an event at most once, not once per socket.
+    socketio: OnceLock<ByteString>,
 }
 
 impl Queued {
+    pub(crate) fn new(frame: ByteString, stream: Option<(Uuid, i64)>) -> Outbound {
+        Arc::new(Queued { frame, stream, socketio: OnceLock::new() })
+    }
+
     fn frame(frame: &ByteString) -> Outbound {
-        Arc::new(Queued { frame: frame.clone(), stream: None })
+        Queued::new(frame.clone(), None)
+    }
+
+    /// The event as an Engine.IO `message` packet carrying a Socket.IO EVENT.
+    pub fn socketio_packet(&self) -> &ByteString {
+        self.socketio.get_or_init(|| ByteString::from(crate::protocol::socketio::event_from_frame(&self.frame)))
     }
 }
 

@@ -3,7 +3,7 @@
 //! between senders on different nodes, a lost publish, a subscription that started late).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
 use bytestring::ByteString;
 use tokio::sync::mpsc;
@@ -38,7 +38,7 @@ impl Hub {
                 batches.push(recipient);
             }
         }
-        self.deliver(batches, Arc::new(Queued { frame: frame.clone(), stream: Some((room, seq)) }), false);
+        self.deliver(batches, Queued::new(frame.clone(), Some((room, seq))), false);
         self.metrics.fanout_latency_seconds.observe((unix_us() - at_us).max(0) as f64 / 1e6);
     }
 

@@ -329,4 +329,5 @@ pub struct History {
     pub next_cursor: Option<String>,
 }
 
+pub mod socketio;
 pub mod ws;

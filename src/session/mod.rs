@@ -10,9 +10,9 @@
 
 mod commands;
 
-use std::cell::RefMut;
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,7 +42,7 @@ pub trait Outbox {
     fn release(&self);
     /// Per room, the highest seq this client has been sent: the hub's frames at or below it are
     /// skipped, so a replay and the live stream never duplicate each other.
-    fn delivered(&self) -> RefMut<'_, HashMap<Uuid, i64>>;
+    fn delivered(&self) -> impl DerefMut<Target = HashMap<Uuid, i64>> + '_;
     /// Resolves once what was written has been handed to the connection (or the client is gone).
     fn flushed(&self) -> impl Future<Output = ()>;
 }

@@ -1,7 +1,7 @@
 //! `GET /api/v1/ws`: authenticate, upgrade, and hand the socket to its session task.
 
 mod session;
-mod wire;
+pub(crate) mod wire;
 
 use actix_http::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};

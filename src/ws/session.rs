@@ -5,9 +5,9 @@
 //! socket does not pass through this task: the connection's response body reads it (`wire`).
 
 use std::borrow::Cow;
-use std::cell::RefMut;
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ impl Outbox for Outgoing {
         Outgoing::release(self);
     }
 
-    fn delivered(&self) -> RefMut<'_, HashMap<Uuid, i64>> {
+    fn delivered(&self) -> impl DerefMut<Target = HashMap<Uuid, i64>> {
         Outgoing::delivered(self)
     }
 
