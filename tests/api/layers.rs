@@ -8,7 +8,7 @@ use std::path::Path;
 /// Top to bottom. `main.rs` (the binary) and `lib.rs` (the module list) sit above them all.
 const LAYERS: &[(&str, &[&str])] = &[
     ("wiring", &["startup"]),
-    ("transports", &["http", "ws", "telemetry"]),
+    ("transports", &["http", "ws", "sio", "telemetry"]),
     ("session core", &["session"]),
     ("service", &["service"]),
     ("presence", &["presence"]),
@@ -20,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// Transports reach the database only through `service`.
-const TRANSPORTS: &[&str] = &["http", "ws", "session", "telemetry"];
+const TRANSPORTS: &[&str] = &["http", "ws", "sio", "session", "telemetry"];
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|(_, modules)| modules.contains(&module))
