@@ -145,6 +145,10 @@ impl Pipe {
     /// The engine is over: transports send what is left, then `close`, and finish.
     pub fn end(&self, close_code: u16) {
         let mut shared = self.lock();
+        if !shared.websocket {
+            // Long-polling says it with a packet; a WebSocket with its close frame.
+            shared.replies.push_back(ByteString::from_static(out::CLOSE));
+        }
         shared.ended = true;
         shared.close_code = close_code;
         wake(&mut shared.consumer);
@@ -156,7 +160,7 @@ impl Pipe {
     }
 
     fn flushed_or_gone(shared: &Shared) -> bool {
-        shared.replies.is_empty() || shared.gone || shared.ended
+        shared.replies.is_empty() || shared.gone
     }
 
     pub fn is_flushed(&self) -> bool {

@@ -14,4 +14,5 @@ mod ops;
 mod resilience;
 mod rooms;
 mod security;
+mod socketio;
 mod wire;
