@@ -79,11 +79,13 @@ macro_rules! metrics {
 }
 
 metrics! {
-    /// WebSocket sessions open on this node.
+    /// Real-time sessions (WebSocket and Socket.IO) open on this node.
     ws_connections: IntGauge,
-    /// WebSocket sessions opened.
+    /// Real-time sessions (WebSocket and Socket.IO) opened.
     ws_connects_total: IntCounter,
-    /// WebSocket sessions closed, by reason (client, token_expired, slow_consumer, heartbeat_timeout, draining, error).
+    /// Engine.IO sessions open on this node (Socket.IO clients, whether connected to `/` yet or not).
+    socketio_engines: IntGauge,
+    /// Real-time sessions closed, by reason (client, token_expired, token_revoked, too_many_sessions, slow_consumer, heartbeat_timeout, draining, error).
     ws_disconnects_total: IntCounterVec["reason"],
     /// Client frames received, by outcome (ok, invalid, rate_limited).
     ws_frames_total: IntCounterVec["outcome"],

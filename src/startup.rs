@@ -172,7 +172,7 @@ async fn check_redis(state: &AppState) -> Result<(), StartupError> {
 fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, StartupError> {
     let workers = state.settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let grace = state.settings.shutdown_grace_s;
-    let engines = web::Data::new(crate::sio::Engines::new(state.settings.node_id()));
+    let engines = web::Data::new(crate::sio::Engines::new(state.settings.node_id(), state.metrics.clone()));
     let server = HttpServer::new(move || {
         // Called once on each worker thread: the worker's own delivery task for its sockets, and on
         // the first one, the node's tasks. (actix-web restarts a worker only if its thread dies,

@@ -98,9 +98,19 @@ impl Engine {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // Since when the last ping has gone unanswered.
         let mut unanswered: Option<Instant> = None;
+        // One timer for the token's expiry, moved only when a session starts or `auth` swaps in a
+        // fresh token (not a timer per packet).
+        let mut armed_for = None;
+        let expiry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(expiry);
         loop {
             let control = self.session.as_ref().map(|s| s.control.clone());
             let expires_at = self.session.as_ref().map(|s| s.user.expires_at);
+            if expires_at != armed_for {
+                armed_for = expires_at;
+                let left = Duration::from_secs(expires_at.unwrap_or(0).saturating_sub(unix_secs()));
+                expiry.as_mut().reset(tokio::time::Instant::now() + left);
+            }
             let flushed = pipe.is_flushed();
             tokio::select! {
                 biased;
@@ -112,7 +122,8 @@ impl Engine {
                     }
                 }
                 _ = pipe.gone() => return Closing { code: 1000, reason: "client" },
-                _ = until(expires_at) => {
+                _ = &mut expiry, if expires_at.is_some() => {
+                    armed_for = None; // re-armed on the next turn, if the session goes on
                     if expires_at.is_some_and(|at| at <= unix_secs()) {
                         let closing = Closing { code: close_code::TOKEN_EXPIRED, reason: "token_expired" };
                         if let Some(closing) = self.server_ends(closing, engines).await {
@@ -288,13 +299,5 @@ impl Engine {
             Ok(()) => None,
             Err(closing) => self.server_ends(closing, engines).await,
         }
-    }
-}
-
-/// Resolves at the unix time given (never, for none).
-async fn until(at: Option<u64>) {
-    match at {
-        Some(at) => tokio::time::sleep(Duration::from_secs(at.saturating_sub(unix_secs()))).await,
-        None => pending().await,
     }
 }

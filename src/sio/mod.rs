@@ -28,6 +28,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::hub::WorkerId;
+use crate::metrics::Metrics;
 use crate::protocol::socketio::{self, out, Handshake};
 use crate::state::AppState;
 use engine::FromClient;
@@ -47,6 +48,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// This node's Engine.IO sessions, by id.
 pub struct Engines {
     sessions: Mutex<HashMap<Arc<str>, Engine>>,
+    metrics: Arc<Metrics>,
     /// The node's id as session ids carry it.
     node: String,
     unconnected: AtomicUsize,
@@ -59,9 +61,9 @@ struct Engine {
 }
 
 impl Engines {
-    pub fn new(node_id: &str) -> Engines {
+    pub fn new(node_id: &str, metrics: Arc<Metrics>) -> Engines {
         let node = node_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-        Engines { sessions: Mutex::default(), node, unconnected: AtomicUsize::new(0) }
+        Engines { sessions: Mutex::default(), metrics, node, unconnected: AtomicUsize::new(0) }
     }
 
     fn get(&self, sid: &str) -> Option<Engine> {
@@ -71,6 +73,7 @@ impl Engines {
     fn remove(&self, sid: &str) {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(sid);
         self.unconnected.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.socketio_engines.dec();
     }
 
     /// A Socket.IO session started (true) or ended (false) on one of the engines.
@@ -108,6 +111,7 @@ impl Engines {
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_PACKETS);
         let engine = Engine { pipe: pipe.clone(), inbound };
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(sid.clone(), engine.clone());
+        self.metrics.socketio_engines.inc();
         let task = engine::run(state.clone().into_inner(), self.clone(), sid.clone(), pipe, inbound_rx, worker);
         actix_web::rt::spawn(task);
         Some((sid, engine, open))
