@@ -383,10 +383,10 @@ test("g. sessions ended by the server: logout-all (4001 token_revoked), expiry (
     const bob = await newUser("bob");
     let lapsing, renewed;
     try {
-      // Both tokens expire in 2 s (whole seconds: 1-2 s from now).
+      // Both tokens expire in 3 s (whole seconds: 2-3 s from now).
       [lapsing, renewed] = await Promise.all([
-        connected(LB, { token: mintToken(bob, 2) }),
-        connected(LB, { token: mintToken(bob, 2), transports: ["websocket"] }),
+        connected(LB, { token: mintToken(bob, 3) }),
+        connected(LB, { token: mintToken(bob, 3), transports: ["websocket"] }),
       ]);
       const fresh = await login(bob.username);
       const auth = await renewed.ok("auth", { token: fresh.access_token });

@@ -143,12 +143,18 @@ export function nodePid(nodeId) {
   throw new Error(`no pid for ${nodeId} in ${join(CLUSTER_DIR, "pids")}`);
 }
 
+/** PID runs and is not a zombie (a killed node stays one where PID 1 does not reap; see lib.sh). */
 export function alive(pid) {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return true; // no /proc: trust kill -0
   }
 }
 
