@@ -528,19 +528,27 @@ test("h. every emit with an acknowledgement gets exactly one; failures without o
           `error events before the next acknowledgement: ${JSON.stringify(errors)}`,
         );
 
-        // Binary arguments are refused with `error` (validation); the session carries on, and the
-        // packet's attachments are not read as packets of their own.
+        // Binary arguments are refused (validation on `frame`): as `error` events without an
+        // acknowledgement, in the acknowledgement with one; the session carries on, and the
+        // packets' attachments are not read as packets of their own.
         c.socket.emit("send", { room_id: room.id, content: Buffer.from("binary"), client_msg_id: randomUUID() });
         c.socket.emit("typing", Buffer.from([1, 2, 3]));
+        const binAck = await c.call("send", { room_id: room.id, content: Buffer.from("binary"), client_msg_id: randomUUID() });
         const after = await c.call("ping", {});
         assert.equal(after?.ok, true);
         const afterAt = c.log.findIndex((p) => p.type === "ack" && p.data === after);
         const binErrors = c.log.slice(fenceAt, afterAt).filter((p) => p.name === "error");
         assert.deepEqual(
-          binErrors.map((e) => e.data.code),
-          ["validation", "validation"],
-          `binary emits: ${JSON.stringify(binErrors)}`,
+          binErrors.map((e) => [e.data.code, e.data.details?.[0]?.field]),
+          [
+            ["validation", "frame"],
+            ["validation", "frame"],
+          ],
+          `binary emits without an acknowledgement: ${JSON.stringify(binErrors)}`,
         );
+        assert.equal(binAck?.ok, false, `binary emit with an acknowledgement: ${JSON.stringify(binAck)}`);
+        assert.equal(binAck.error?.code, "validation");
+        assert.equal(binAck.error.details?.[0]?.field, "frame");
         const still = await c.ok("send", { room_id: room.id, content: "after binary", client_msg_id: randomUUID() });
         assert.equal(still.content, "after binary");
         assert.equal(c.transport, transports[0]);
