@@ -184,6 +184,10 @@ impl Session {
             Err(e) => return self.refuse(out, reference, &e),
         };
         self.state.metrics.ws_frames_total.with_label_values(&["ok"]).inc();
+        // Live frames wait while the command runs: the answer goes out before anything it caused
+        // (a `send`'s reply before that message's own `message` event, which may reach this
+        // session's queue from the bus before the command returns).
+        out.hold();
         match commands::run(self, out, parsed).await {
             Ok(value) => out.answer(reference, Ok(value)),
             Err(error) => {
@@ -193,7 +197,6 @@ impl Session {
                 out.answer(reference, Err(&error));
             }
         }
-        // A `sync` holds the live stream while it decides what the client has.
         out.release();
     }
 

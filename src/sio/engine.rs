@@ -42,7 +42,7 @@ pub enum FromClient {
 /// How long an Engine.IO session may go without a connected Socket.IO session (Socket.IO's own
 /// `connectTimeout` is 45 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
-/// How long the transport gets to take the last packets once the engine ends.
+/// How long the transport gets to take the last packets, and then the close, once the engine ends.
 const LAST_WORDS: Duration = Duration::from_secs(5);
 
 struct Engine {
@@ -87,7 +87,7 @@ pub(super) async fn run(
     // Refuse what the client still sends, and let the transport take the last packets.
     inbound.close();
     pipe.end(closing.code);
-    let _ = tokio::time::timeout(LAST_WORDS, pipe.flushed()).await;
+    let _ = tokio::time::timeout(LAST_WORDS, pipe.close_sent()).await;
     engines.remove(&sid);
 }
 

@@ -64,6 +64,8 @@ struct Shared {
     close_code: u16,
     /// The current transport is gone (the WebSocket dropped, or two `GET`s overlapped).
     gone: bool,
+    /// The end was written: long-polling's `1` packet, or the WebSocket's close frame.
+    close_sent: bool,
     /// The current transport's reader: a waiting `GET`, or the active WebSocket body.
     consumer: Option<Waker>,
     /// The probing WebSocket's body.
@@ -145,10 +147,6 @@ impl Pipe {
     /// The engine is over: transports send what is left, then `close`, and finish.
     pub fn end(&self, close_code: u16) {
         let mut shared = self.lock();
-        if !shared.websocket {
-            // Long-polling says it with a packet; a WebSocket with its close frame.
-            shared.replies.push_back(ByteString::from_static(out::CLOSE));
-        }
         shared.ended = true;
         shared.close_code = close_code;
         wake(&mut shared.consumer);
@@ -172,6 +170,20 @@ impl Pipe {
         poll_fn(|cx| {
             let mut shared = self.lock();
             if Pipe::flushed_or_gone(&shared) {
+                Poll::Ready(())
+            } else {
+                register(&mut shared.session, cx);
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Resolves once the end was written (after every packet before it), or the transport is gone.
+    pub async fn close_sent(&self) {
+        poll_fn(|cx| {
+            let mut shared = self.lock();
+            if shared.close_sent || shared.gone {
                 Poll::Ready(())
             } else {
                 register(&mut shared.session, cx);
@@ -267,6 +279,10 @@ impl Pipe {
             return Poll::Ready(Take::Packets(packets));
         }
         if shared.ended || shared.gone {
+            // On its own, after the last packets: socket.io-client handles an Engine.IO close at
+            // once and the Socket.IO packets of the same payload a tick later, on a closed socket.
+            shared.close_sent = true;
+            wake(&mut shared.session);
             return Poll::Ready(Take::Ended);
         }
         if transport == Transport::Polling && shared.probing {
