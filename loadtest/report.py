@@ -2,25 +2,56 @@
 """Turns the JSON reports of loadtest/compare into docs/BENCHMARKS.md.
 
 usage: report.py RESULTS_DIR OUT.md NODES "SCENARIOS"
+
+RESULTS_DIR holds one run's `<label>-<scenario>.json` files, or one `round-<n>/` directory of them per
+run: then every headline figure is the median over the runs with the lowest and highest run beside
+it, and every ratio is taken within each run (the systems of one run shared its conditions) before
+its median is.
 """
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from datetime import datetime, timezone
 
 results, out, nodes, scenarios = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
-SYSTEMS = [("chorus", "Chorus"), ("socketio", "Socket.IO + redis-adapter")]
+SYSTEMS = [("chorus", "Chorus"), ("chorus-sio", "Chorus over Socket.IO"), ("socketio", "Socket.IO + redis-adapter")]
+NATIVE, SIO, PEER = (label for label, _ in SYSTEMS)
 
 
-def load(label, scenario):
-    path = os.path.join(results, f"{label}-{scenario}.json")
+def round_number(name):
+    try:
+        return int(name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+ROUND_DIRS = sorted(
+    (d for d in (os.listdir(results) if os.path.isdir(results) else [])
+     if d.startswith("round-") and round_number(d) is not None and os.path.isdir(os.path.join(results, d))),
+    key=round_number)
+RUNS = [os.path.join(results, d) for d in ROUND_DIRS] or [results]
+
+
+def load_from(run, label, scenario):
+    path = os.path.join(run, f"{label}-{scenario}.json")
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def load(label, scenario):
+    """The last run's report (the details and the plots are that run's)."""
+    return load_from(RUNS[-1], label, scenario)
+
+
+def per_run(scenario):
+    """Per run: {label: report or None}."""
+    return [{label: load_from(run, label, scenario) for label, _ in SYSTEMS} for run in RUNS]
 
 
 def sh(cmd):
@@ -49,17 +80,151 @@ def cpu_per_m(r):
     return r.get("cpu_s_per_million_deliveries") if r else None
 
 
+def spread(values, unit="", digits=1):
+    """The median of the runs' values, and the lowest and highest beside it."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    median = statistics.median(values)
+    if len(values) == 1:
+        return fmt(float(median), unit, digits)
+    return f"{fmt(float(median), '', digits)} ({fmt(float(min(values)), '', digits)}–{fmt(float(max(values)), '', digits)}){unit}"
+
+
+def run_ratios(pairs, higher_is_better=True):
+    """Per-run ratios a/b (b/a when lower is better) of the (a, b) pairs where both are known."""
+    out = []
+    for a, b in pairs:
+        if a is None or b is None or a == 0 or b == 0:
+            continue
+        out.append(a / b if higher_is_better else b / a)
+    return out
+
+
+def ratio_spread(ratios):
+    if not ratios:
+        return "n/a"
+    median = statistics.median(ratios)
+    if len(ratios) == 1:
+        return f"{median:.2f}×"
+    return f"{median:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
+def best_step(r):
+    steps = [st for st in (r or {}).get("steps", []) if st.get("within_bound")]
+    return steps[-1] if steps else None
+
+
+def step_at(r, rate):
+    if r is None or rate is None:
+        return None
+    return next((st for st in r.get("steps", []) if st["rate"] == rate), None)
+
+
+def g(r, *path):
+    for key in path:
+        if r is None:
+            return None
+        r = r.get(key)
+    return r
+
+
+def never_delivered(r):
+    return None if r is None else (r.get("drops") or 0) + (r.get("tail_drops") or 0)
+
+
+def totals(runs, label):
+    """drops / duplicates / out of order, summed over the runs that have a report."""
+    reports = [run[label] for run in runs if run[label] is not None]
+    if not reports:
+        return "n/a"
+    return " / ".join(fmt(sum(v(r) or 0 for r in reports)) for v in
+                      (never_delivered, lambda r: r.get("duplicates"), lambda r: r.get("reordered")))
+
+
+def rows(scenario, runs):
+    """The headline rows of a scenario: (figure, value of a system's report in a run, unit, digits,
+    higher_is_better or None for no ratio)."""
+    if scenario == "fanout":
+        peer_best = lambda run: g(run[PEER], "best_rate_within_bound")  # noqa: E731
+        return [
+            ("best rate with p99 ≤ 50 ms (msg/s)", lambda r, run: g(r, "best_rate_within_bound"), "", 0, True),
+            ("deliveries/s at that rate", lambda r, run: g(best_step(r), "delivered_per_s"), "", 0, True),
+            (f"p99 at the peer's best rate (median {spread([peer_best(run) for run in runs], '', 0)} msg/s)",
+             lambda r, run: g(step_at(r, peer_best(run)), "latency", "p99_ms"), " ms", 2, False),
+            ("server CPU-s per million deliveries at that rate",
+             lambda r, run: g(step_at(r, peer_best(run)), "cpu_s_per_million_deliveries"), "", 1, False),
+        ]
+    if scenario == "connections":
+        return [
+            ("connections", lambda r, run: g(r, "connections"), "", 0, None),
+            ("RSS per connection (KiB)", lambda r, run: g(r, "rss_kib_per_connection"), "", 1, False),
+            ("connect p99", lambda r, run: g(r, "connect_time", "p99_ms"), " ms", 2, False),
+        ]
+    return [
+        ("delivered/s", lambda r, run: g(r, "delivered_per_s"), "", 0, True),
+        ("latency p50", lambda r, run: g(r, "latency", "p50_ms"), " ms", 2, False),
+        ("latency p99", lambda r, run: g(r, "latency", "p99_ms"), " ms", 2, False),
+        ("server CPU-s per million deliveries", lambda r, run: cpu_per_m(r), "", 1, False),
+    ]
+
+
+def figure(runs, label, value):
+    return [value(run[label], run) for run in runs]
+
+
+def protocol_cost():
+    """A sentence on what Socket.IO framing costs Chorus, from the steady (or burst) and connections runs."""
+    parts = []
+    for scenario in ("steady", "burst", "churn"):
+        if scenario not in scenarios:
+            continue
+        runs = per_run(scenario)
+        cpu = run_ratios([(cpu_per_m(run[SIO]), cpu_per_m(run[NATIVE])) for run in runs])
+        p99 = run_ratios([(g(run[SIO], "latency", "p99_ms"), g(run[NATIVE], "latency", "p99_ms")) for run in runs])
+        peer = run_ratios([(cpu_per_m(run[SIO]), cpu_per_m(run[PEER])) for run in runs], higher_is_better=False)
+        if cpu:
+            parts.append(
+                f"in {scenario}, {ratio_spread(cpu)} the native endpoint's server CPU per delivery "
+                f"({spread([cpu_per_m(run[SIO]) for run in runs])} vs "
+                f"{spread([cpu_per_m(run[NATIVE]) for run in runs])} CPU-s per million) and {ratio_spread(p99)} its p99"
+                + (f", still {ratio_spread(peer)} less CPU per delivery than the peer" if peer else ""))
+            break
+    if "connections" in scenarios:
+        runs = per_run("connections")
+        rss = run_ratios([(g(run[SIO], "rss_kib_per_connection"), g(run[NATIVE], "rss_kib_per_connection"))
+                          for run in runs])
+        if rss:
+            parts.append(f"an idle socket costs {ratio_spread(rss)} the native one's RSS "
+                         f"({spread([g(run[SIO], 'rss_kib_per_connection') for run in runs])} vs "
+                         f"{spread([g(run[NATIVE], 'rss_kib_per_connection') for run in runs])} KiB)")
+    if not parts:
+        return None
+    return ("**What Socket.IO costs Chorus** (the same nodes, sessions and events, only the framing and the "
+            "Engine.IO session differ; ratios are per run, then their median and range): "
+            + "; ".join(parts) + ".")
+
+
 via_lb = os.environ.get("BENCH_VIA_LB", "0") == "1"
 lines = []
 w = lines.append
 cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
 mem = sh("awk '/MemTotal/ {printf \"%.0f GiB\", $2/1048576}' /proc/meminfo")
-w("# Benchmarks: Chorus vs Socket.IO with the Redis adapter")
+w("# Benchmarks: Chorus (native and over Socket.IO) vs Socket.IO with the Redis adapter")
 w("")
-w(f"Generated by `loadtest/compare` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
-  "Both systems ran on this machine in the same run, one after the other, against the same PostgreSQL "
+n_runs = len(RUNS)
+w(f"Generated by `loadtest/compare` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
+  + (f" from {n_runs} runs: every headline figure is the median of the runs with the lowest and highest "
+     "in brackets, and every ratio is taken within a run, then its median (and range) across the runs. "
+     if n_runs > 1 else ", from one run. ")
+  + "Three systems ran on this machine in each run, one after the other, against the same PostgreSQL "
   f"and Redis, with {nodes} nodes each, driven by the same load generator "
-  "(`target/release/chorus-loadtest`), which ran on the same 2 cores. "
+  "(`target/release/chorus-loadtest`), which ran on the same 2 cores: Chorus with its own protocol "
+  "(`/api/v1/ws`), the same Chorus nodes over their Socket.IO endpoint "
+  "(`/socket.io/?EIO=4&transport=websocket`: the same events and data in Socket.IO packets, the token in "
+  "CONNECT's auth, `sync` with an ack after a reconnect), and the Socket.IO peer. Chorus's cluster is "
+  "started afresh for each of its two protocols (same database; the order of the two alternates from run "
+  "to run), so both begin with new node processes. "
   + ("The generator connected through nginx (`least_conn`, `BENCH_VIA_LB=1`). " if via_lb else
      "The generator spread its connections over the nodes' own ports, round-robin (no proxy in the path: "
      "`BENCH_VIA_LB=1` puts nginx back); every room has members on every node, so each message crosses Redis. ")
@@ -81,74 +246,56 @@ w("## How to reproduce")
 w("")
 w("```sh")
 w("script/bootstrap            # PostgreSQL, Redis, nginx (once)")
-w("loadtest/compare            # builds release binaries, runs every scenario on both systems, writes this file")
-w("SCENARIOS=\"steady churn\" loadtest/compare   # a subset")
+w("loadtest/compare            # builds release binaries, runs every scenario on the three systems, "
+  "3 times (BENCH_ROUNDS), writes this file")
+w("SCENARIOS=\"steady connections\" BENCH_ROUNDS=1 loadtest/compare   # a subset, one run")
 w("```")
 w("")
 w("Each scenario is one load-generator command, for example "
   "`target/release/chorus-loadtest --scenario fanout --protocol chorus "
   + ("--urls ws://127.0.0.1:18080/api/v1/ws " if via_lb else
      "--urls ws://127.0.0.1:18081/api/v1/ws,ws://127.0.0.1:18082/api/v1/ws ") +
-  "--server-pids <node pids> --redis-pid <redis pid>`. Server CPU means the node processes plus Redis, "
-  "read from `/proc` at the start and end of the load phase.")
+  "--server-pids <node pids> --redis-pid <redis pid>` (Chorus over Socket.IO: `--protocol chorus-socketio "
+  "--urls 'ws://127.0.0.1:18081/socket.io/?EIO=4&transport=websocket,…'`). Server CPU means the node "
+  "processes plus Redis, read from `/proc` at the start and end of the load phase. The JSON reports of "
+  "each run are in `.local/bench-results/round-<n>/`.")
 w("")
 
 # Headline table.
 w("## Headline")
 w("")
-w("| scenario | figure | Chorus | Socket.IO | Chorus advantage |")
-w("|---|---|---|---|---|")
+w("| scenario | figure | Chorus | Chorus over Socket.IO | Socket.IO + redis-adapter | Chorus advantage over the peer "
+  "| Chorus over Socket.IO ÷ Chorus |")
+w("|---|---|---|---|---|---|---|")
 for scenario in scenarios:
-    c, s = load("chorus", scenario), load("socketio", scenario)
-    if c is None and s is None:
+    runs = per_run(scenario)
+    if not any(r is not None for run in runs for r in run.values()):
         continue
-    g = lambda r, k: (r or {}).get(k)  # noqa: E731
-    if scenario == "fanout":
-        cb, sb = g(c, "best_rate_within_bound"), g(s, "best_rate_within_bound")
-        w(f"| fanout (rooms of {g(c, 'room_size') or g(s, 'room_size')}) | best rate with p99 ≤ 50 ms (msg/s) | "
-          f"{fmt(cb)} | {fmt(sb)} | {ratio(cb, sb)} |")
-        # deliveries/s at the best rate
-        def best_step(r):
-            steps = [st for st in (r or {}).get("steps", []) if st.get("within_bound")]
-            return steps[-1] if steps else None
-        cbs, sbs = best_step(c), best_step(s)
-        w(f"| | deliveries/s at that rate | {fmt(cbs and cbs['delivered_per_s'], '', 0)} | "
-          f"{fmt(sbs and sbs['delivered_per_s'], '', 0)} | {ratio(cbs and cbs['delivered_per_s'], sbs and sbs['delivered_per_s'])} |")
-        if sb is not None and c:
-            same = next((st for st in c.get("steps", []) if st["rate"] == sb), None)
-            sp99 = sbs["latency"]["p99_ms"] if sbs else None
-            cp99 = same["latency"]["p99_ms"] if same else None
-            w(f"| | p99 at the peer's best rate ({fmt(sb)} msg/s) | {fmt(cp99, ' ms', 2)} | {fmt(sp99, ' ms', 2)} | "
-              f"{ratio(cp99, sp99, higher_is_better=False)} |")
-            ccpu = same and same.get("cpu_s_per_million_deliveries")
-            scpu = sbs and sbs.get("cpu_s_per_million_deliveries")
-            w(f"| | server CPU-s per million deliveries at that rate | {fmt(ccpu)} | {fmt(scpu)} | "
-              f"{ratio(ccpu, scpu, higher_is_better=False)} |")
-    elif scenario == "connections":
-        w(f"| connections (idle, one node) | connected | {fmt(g(c, 'connections') if c and not g(c, 'connect_failures') else g(c, 'connections'))} "
-          f"| {fmt(g(s, 'connections'))} | |")
-        w(f"| | connect failures | {fmt(g(c, 'connect_failures'))} | {fmt(g(s, 'connect_failures'))} | |")
-        w(f"| | RSS per connection (KiB) | {fmt(g(c, 'rss_kib_per_connection'))} | {fmt(g(s, 'rss_kib_per_connection'))} | "
-          f"{ratio(g(c, 'rss_kib_per_connection'), g(s, 'rss_kib_per_connection'), higher_is_better=False)} |")
-        cc, sc = g(c, "connect_time"), g(s, "connect_time")
-        w(f"| | connect p99 | {fmt(cc and cc['p99_ms'], ' ms', 2)} | {fmt(sc and sc['p99_ms'], ' ms', 2)} | |")
-    else:
-        w(f"| {scenario} | delivered/s | {fmt(g(c, 'delivered_per_s'), '', 0)} | {fmt(g(s, 'delivered_per_s'), '', 0)} | "
-          f"{ratio(g(c, 'delivered_per_s'), g(s, 'delivered_per_s'))} |")
-        cl, sl = g(c, "latency"), g(s, "latency")
-        w(f"| | latency p50 / p99 | {fmt(cl and cl['p50_ms'], '', 2)} / {fmt(cl and cl['p99_ms'], ' ms', 2)} | "
-          f"{fmt(sl and sl['p50_ms'], '', 2)} / {fmt(sl and sl['p99_ms'], ' ms', 2)} | "
-          f"{ratio(cl and cl['p99_ms'], sl and sl['p99_ms'], higher_is_better=False)} (p99) |")
-        w(f"| | server CPU-s per million deliveries | {fmt(cpu_per_m(c))} | {fmt(cpu_per_m(s))} | "
-          f"{ratio(cpu_per_m(c), cpu_per_m(s), higher_is_better=False)} |")
-        cd = (g(c, "drops") or 0) + (g(c, "tail_drops") or 0) if c else None
-        sd = (g(s, "drops") or 0) + (g(s, "tail_drops") or 0) if s else None
-        w(f"| | drops (never delivered) / duplicates / out of order | {fmt(cd)} / {fmt(g(c, 'duplicates'))} / "
-          f"{fmt(g(c, 'reordered'))} | {fmt(sd)} / {fmt(g(s, 'duplicates'))} / {fmt(g(s, 'reordered'))} | |")
+    first = next((r for run in runs for r in run.values() if r is not None), {})
+    title = {"fanout": f"fanout (rooms of {first.get('room_size')})",
+             "connections": "connections (idle, one node)"}.get(scenario, scenario)
+    for i, (name, value, unit, digits, higher) in enumerate(rows(scenario, runs)):
+        cells = [spread(figure(runs, label, value), unit, digits) for label, _ in SYSTEMS]
+        pairs = lambda a, b: list(zip(figure(runs, a, value), figure(runs, b, value)))  # noqa: E731
+        advantage = ratio_spread(run_ratios(pairs(NATIVE, PEER), higher)) if higher is not None else ""
+        cost = ratio_spread(run_ratios(pairs(SIO, NATIVE))) if higher is not None else ""
+        w(f"| {title if i == 0 else ''}{' ' if i == 0 else ''}| {name} | {' | '.join(cells)} | {advantage} | {cost} |")
+    if scenario == "connections":
+        w(f"| | connect failures, all runs | {' | '.join(fmt(sum(g(run[label], 'connect_failures') or 0 for run in runs)) for label, _ in SYSTEMS)} | | |")
+    elif scenario != "fanout":
+        w(f"| | drops (never delivered) / duplicates / out of order, all runs | "
+          f"{' | '.join(totals(runs, label) for label, _ in SYSTEMS)} | | |")
 w("")
+cost = protocol_cost()
+if cost:
+    w(cost)
+    w("")
 
 # Details per scenario.
 w("## Details")
+w("")
+w(f"One run's full figures per system (run {len(RUNS)} of {len(RUNS)}, the one the plots show)." if len(RUNS) > 1 else
+  "The run's full figures per system.")
 for scenario in scenarios:
     w("")
     w(f"### {scenario}")
@@ -190,7 +337,12 @@ w("")
 w("## Reading these numbers")
 w("")
 w("- The load generator shares the 2 cores with the servers, PostgreSQL and Redis, so absolute rates are "
-  "lower than on dedicated hardware; the ratios between the two systems are the meaningful figures.")
+  "lower than on dedicated hardware; the ratios between the systems are the meaningful figures.")
+w("- Chorus over Socket.IO runs the same session core as `/api/v1/ws` (same hub, same stored messages, same "
+  "`ready`, `sync` and presence); what differs is the framing (each event is a Socket.IO packet in an "
+  "Engine.IO message) and the Engine.IO session around it (its own task, heartbeat, packet channel and "
+  "reader task per socket). Its clients are counted exactly like native ones: seq gaps, duplicates and "
+  "reordering per room, and churn clients `sync` after reconnecting.")
 w("- The peer has no resync: a client that reconnects (churn) cannot recover what it missed, so its drops "
   "count messages lost for good. Chorus's churn clients `sync` after reconnecting.")
 w("- The peer delivers out of seq order when senders on different nodes race (the Redis adapter forwards in "

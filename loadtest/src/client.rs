@@ -1,5 +1,6 @@
-//! One simulated user: a WebSocket to Chorus (its JSON events) or to the Socket.IO peer (Engine.IO v4
-//! framing by hand), sending what the scheduler asks for and accounting for every delivery.
+//! One simulated user: a WebSocket to Chorus (its JSON events at `/api/v1/ws`, or the same events
+//! over its Socket.IO endpoint `/socket.io/`) or to the Socket.IO peer (Engine.IO v4 framing by
+//! hand, `crate::sio`), sending what the scheduler asks for and accounting for every delivery.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -13,13 +14,22 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
+use crate::sio::{self, Packet};
 use crate::stats::Stats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Protocol {
+    /// Chorus's JSON events at `/api/v1/ws` (`{event, data, ref}`).
     Chorus,
+    /// Chorus's Socket.IO endpoint, WebSocket only (`/socket.io/?EIO=4&transport=websocket`): the
+    /// same events and data as `chorus`, Socket.IO framing, the token in CONNECT's auth.
+    ChorusSocketio,
+    /// The Node.js Socket.IO peer (`loadtest/peers/socketio/`): `join_rooms`, then `send` with acks.
     Socketio,
 }
+
+/// Chorus over Socket.IO: the ack id of the `sync` after a reconnect (sends count up from 1).
+const SYNC_ACK: u64 = 0;
 
 /// Who this connection is and where it goes.
 #[derive(Clone)]
@@ -88,8 +98,13 @@ async fn open(spec: &Spec) -> Result<WebSocketStream<TcpStream>, String> {
     }
     let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let separator = if spec.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{separator}token={}", spec.url, spec.token);
+    // Chorus over Socket.IO takes the token in CONNECT's auth only, as its clients send it.
+    let url = if spec.protocol == Protocol::ChorusSocketio {
+        spec.url.clone()
+    } else {
+        let separator = if spec.url.contains('?') { '&' } else { '?' };
+        format!("{}{separator}token={}", spec.url, spec.token)
+    };
     let (ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| e.to_string())?;
     Ok(ws)
 }
@@ -107,46 +122,76 @@ async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> Result<String, String
 }
 
 /// Connects and completes the protocol's handshake; returns the room's head seq if the server said.
+/// The room's head seq in a `ready` event's data: its entry in `rooms`, `{"room_id":"…","last_seq":N,…}`.
+fn ready_head(ready: &str, room: Uuid) -> Option<i64> {
+    ready
+        .find(&format!("\"room_id\":\"{room}\""))
+        .and_then(|at| field(&ready[at..], "last_seq"))
+        .and_then(|v| v.parse().ok())
+}
+
+/// At most the first 120 bytes of a frame, for an error message.
+fn short(frame: &str) -> &str {
+    let mut end = frame.len().min(120);
+    while !frame.is_char_boundary(end) {
+        end -= 1;
+    }
+    &frame[..end]
+}
+
+/// Engine.IO `open`, then CONNECT with the token: until `40` (or a refusal).
+async fn sio_connect(spec: &Spec, ws: &mut WebSocketStream<TcpStream>) -> Result<(), String> {
+    let open = next_text(ws).await?;
+    if sio::parse(&open) != Packet::Open {
+        return Err(format!("expected Engine.IO open, got {}", short(&open)));
+    }
+    ws.send(Message::text(sio::connect(&spec.token))).await.map_err(|e| e.to_string())?;
+    loop {
+        let frame = next_text(ws).await?;
+        match sio::parse(&frame) {
+            Packet::Connected => return Ok(()),
+            Packet::ConnectError(why) => return Err(format!("connect refused: {}", short(why))),
+            Packet::Closed => return Err(format!("closed while connecting: {}", short(&frame))),
+            Packet::Ping => ws.send(Message::text(sio::PONG)).await.map_err(|e| e.to_string())?,
+            _ => {}
+        }
+    }
+}
+
+/// Connects and completes the protocol's handshake; returns the room's head seq if the server said.
 async fn handshake(spec: &Spec, ws: &mut WebSocketStream<TcpStream>) -> Result<Option<i64>, String> {
     match spec.protocol {
         Protocol::Chorus => {
             let ready = next_text(ws).await?;
             if !ready.starts_with("{\"event\":\"ready\"") {
-                return Err(format!("expected ready, got {}", &ready[..ready.len().min(80)]));
+                return Err(format!("expected ready, got {}", short(&ready)));
             }
-            let room = spec.room.to_string();
-            // The room's entry in ready.rooms: {"room_id":"…","last_seq":N,…}
-            let head = ready
-                .find(&format!("\"room_id\":\"{room}\""))
-                .and_then(|at| field(&ready[at..], "last_seq"))
-                .and_then(|v| v.parse().ok());
-            Ok(head)
+            Ok(ready_head(&ready, spec.room))
+        }
+        Protocol::ChorusSocketio => {
+            sio_connect(spec, ws).await?;
+            // `40` is followed by `ready` (the hub's events are held until it is out).
+            loop {
+                let frame = next_text(ws).await?;
+                match sio::parse(&frame) {
+                    Packet::Event("ready") => return Ok(ready_head(&frame, spec.room)),
+                    Packet::Ping => ws.send(Message::text(sio::PONG)).await.map_err(|e| e.to_string())?,
+                    Packet::Closed => return Err(format!("closed before ready: {}", short(&frame))),
+                    Packet::Event("closing" | "error") => return Err(format!("before ready: {}", short(&frame))),
+                    _ => {}
+                }
+            }
         }
         Protocol::Socketio => {
-            let open = next_text(ws).await?;
-            if !open.starts_with('0') {
-                return Err(format!("expected Engine.IO open, got {open}"));
-            }
-            ws.send(Message::text(format!("40{{\"token\":\"{}\"}}", spec.token))).await.map_err(|e| e.to_string())?;
+            sio_connect(spec, ws).await?;
+            let join = sio::event(Some(0), "join_rooms", &format!("[\"{}\"]", spec.room));
+            ws.send(Message::text(join)).await.map_err(|e| e.to_string())?;
             loop {
                 let frame = next_text(ws).await?;
-                if frame.starts_with("40") {
-                    break;
-                }
-                if frame.starts_with("44") {
-                    return Err(format!("connect refused: {frame}"));
-                }
-            }
-            ws.send(Message::text(format!("420[\"join_rooms\",[\"{}\"]]", spec.room)))
-                .await
-                .map_err(|e| e.to_string())?;
-            loop {
-                let frame = next_text(ws).await?;
-                if frame.starts_with("430") {
-                    return Ok(None);
-                }
-                if frame == "2" {
-                    ws.send(Message::text("3")).await.map_err(|e| e.to_string())?;
+                match sio::parse(&frame) {
+                    Packet::Ack(0, _) => return Ok(None),
+                    Packet::Ping => ws.send(Message::text(sio::PONG)).await.map_err(|e| e.to_string())?,
+                    _ => {}
                 }
             }
         }
@@ -195,11 +240,12 @@ pub async fn run(
         // Catch up what was missed while away, where the protocol allows it.
         let mut syncing = false;
         match (spec.protocol, last_seq, head) {
-            (Protocol::Chorus, Some(last), Some(head)) if head > last => {
-                let sync = format!(
-                    "{{\"event\":\"sync\",\"data\":{{\"rooms\":[{{\"room_id\":\"{}\",\"after_seq\":{last}}}]}},\"ref\":\"sync\"}}",
-                    spec.room
-                );
+            (Protocol::Chorus | Protocol::ChorusSocketio, Some(last), Some(head)) if head > last => {
+                let data = format!("{{\"rooms\":[{{\"room_id\":\"{}\",\"after_seq\":{last}}}]}}", spec.room);
+                let sync = match spec.protocol {
+                    Protocol::ChorusSocketio => sio::event(Some(SYNC_ACK), "sync", &data),
+                    _ => format!("{{\"event\":\"sync\",\"data\":{data},\"ref\":\"sync\"}}"),
+                };
                 syncing = ws.send(Message::text(sync)).await.is_ok();
             }
             (_, None, Some(head)) => last_seq = Some(head),
@@ -221,15 +267,10 @@ pub async fn run(
                 out = outgoing.recv() => {
                     let Some(Outgoing::Send) = out else { break "stop" };
                     next_ref += 1;
+                    let data = format!("{{\"room_id\":\"{room}\",\"content\":\"{}\"}}", content(spec.payload));
                     let frame = match spec.protocol {
-                        Protocol::Chorus => format!(
-                            "{{\"event\":\"send\",\"data\":{{\"room_id\":\"{room}\",\"content\":\"{}\"}},\"ref\":\"{next_ref}\"}}",
-                            content(spec.payload)
-                        ),
-                        Protocol::Socketio => format!(
-                            "42{next_ref}[\"send\",{{\"room_id\":\"{room}\",\"content\":\"{}\"}}]",
-                            content(spec.payload)
-                        ),
+                        Protocol::Chorus => format!("{{\"event\":\"send\",\"data\":{data},\"ref\":\"{next_ref}\"}}"),
+                        Protocol::ChorusSocketio | Protocol::Socketio => sio::event(Some(next_ref), "send", &data),
                     };
                     if ws.send(Message::text(frame)).await.is_err() {
                         c.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -246,9 +287,13 @@ pub async fn run(
                         Some(Err(_)) => break "error",
                     };
                     let text = text.as_str();
+                    let packet = match spec.protocol {
+                        Protocol::Chorus => Packet::Other,
+                        Protocol::ChorusSocketio | Protocol::Socketio => sio::parse(text),
+                    };
                     let is_message = match spec.protocol {
                         Protocol::Chorus => text.starts_with("{\"event\":\"message\""),
-                        Protocol::Socketio => text.starts_with("42[\"message\""),
+                        Protocol::ChorusSocketio | Protocol::Socketio => packet == Packet::Event("message"),
                     };
                     if is_message {
                         if field(text, "room_id") != Some(room.as_str()) {
@@ -288,8 +333,8 @@ pub async fn run(
                         }
                         continue;
                     }
-                    match spec.protocol {
-                        Protocol::Chorus if text.starts_with("{\"event\":\"reply\"") => {
+                    match (spec.protocol, packet) {
+                        (Protocol::Chorus, _) if text.starts_with("{\"event\":\"reply\"") => {
                             if field(text, "ref") == Some("sync") {
                                 syncing = false;
                             } else if field(text, "ok") == Some("true") {
@@ -299,18 +344,34 @@ pub async fn run(
                                 c.send_errors.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        Protocol::Socketio if text.starts_with("43") => {
-                            if text.contains("\"error\"") {
+                        (Protocol::Chorus, _) if text.starts_with("{\"event\":\"error\"") => {
+                            c.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The ack of the sync: its replay came before it, as `message` events.
+                        (Protocol::ChorusSocketio, Packet::Ack(SYNC_ACK, _)) => syncing = false,
+                        // Chorus's ack carries the same reply data as native, `{ok, result|error}`.
+                        (Protocol::ChorusSocketio, Packet::Ack(_, args)) => {
+                            if field(args, "ok") == Some("true") {
+                                c.acked.fetch_add(1, Ordering::Relaxed);
+                                if let Some(us) = latency_us(args) { stats.record(&stats.ack_latency, us); }
+                            } else {
+                                c.send_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        (Protocol::Socketio, Packet::Ack(_, args)) => {
+                            if args.contains("\"error\"") {
                                 c.send_errors.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 c.acked.fetch_add(1, Ordering::Relaxed);
-                                if let Some(us) = latency_us(text) { stats.record(&stats.ack_latency, us); }
+                                if let Some(us) = latency_us(args) { stats.record(&stats.ack_latency, us); }
                             }
                         }
-                        Protocol::Socketio if text == "2" => { let _ = ws.send(Message::text("3")).await; }
-                        Protocol::Chorus if text.starts_with("{\"event\":\"error\"") => {
+                        (_, Packet::Ping) => { let _ = ws.send(Message::text(sio::PONG)).await; }
+                        (Protocol::ChorusSocketio, Packet::Event("error")) => {
                             c.protocol_errors.fetch_add(1, Ordering::Relaxed);
                         }
+                        // `closing` comes first, then `41` or the WebSocket's close; `1` is Engine.IO's close.
+                        (_, Packet::Closed) => break "closed",
                         _ => {}
                     }
                 }

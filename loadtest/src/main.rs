@@ -1,12 +1,13 @@
-//! chorus-loadtest: opens many WebSocket users against Chorus (or the Socket.IO peer), sends at a
-//! target rate, and measures publish → receipt latency for every recipient, throughput, drops,
-//! acknowledgements and connect times. With no flags it runs a 60-second steady test against
-//! `script/server`'s cluster.
+//! chorus-loadtest: opens many WebSocket users against Chorus (natively or over its Socket.IO
+//! endpoint) or the Socket.IO peer, sends at a target rate, and measures publish → receipt latency
+//! for every recipient, throughput, drops, acknowledgements and connect times. With no flags it runs
+//! a 60-second steady test against `script/server`'s cluster.
 
 mod client;
 mod plot;
 mod procfs;
 mod setup;
+mod sio;
 mod stats;
 
 use std::net::IpAddr;
@@ -41,11 +42,12 @@ enum Scenario {
 }
 
 #[derive(Debug, Clone, Parser, Serialize)]
-#[command(name = "chorus-loadtest", about = "Load generator for Chorus and its Socket.IO peer")]
+#[command(name = "chorus-loadtest", about = "Load generator for Chorus (native or Socket.IO) and its Socket.IO peer")]
 struct Args {
     #[arg(long, value_enum, default_value = "steady")]
     scenario: Scenario,
-    /// Which server speaks on the URLs.
+    /// Which server and protocol speak on the URLs: chorus (`/api/v1/ws`), chorus-socketio
+    /// (`/socket.io/?EIO=4&transport=websocket`), socketio (the peer).
     #[arg(long, value_enum, default_value = "chorus")]
     protocol: Protocol,
     /// WebSocket URLs; connections are spread over them round-robin.
