@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::clock::unix_us;
+use crate::kv::Redis;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,11 +133,12 @@ enum Command {
 #[derive(Clone)]
 pub struct Bus {
     pub channels: Channels,
-    pool: deadpool_redis::Pool,
-    /// One multiplexed connection taken from the pool and kept for PUBLISH and presence: concurrent
-    /// commands pipeline on it, and the pool's per-checkout health check (UNWATCH + PING, a round
-    /// trip) is paid once rather than for every command. Replaced from the pool after an error.
-    shared: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    redis: Arc<Redis>,
+    /// One multiplexed connection kept for PUBLISH and presence: concurrent commands pipeline on
+    /// it, and a pool's per-checkout health check (UNWATCH + PING, a round trip) is paid once
+    /// rather than for every command. Replaced after an error, or when the primary moved (kept
+    /// with the primary's generation it was made for).
+    shared: Arc<tokio::sync::Mutex<Option<(u64, redis::aio::MultiplexedConnection)>>>,
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -146,12 +148,10 @@ impl Bus {
     /// Builds the bus and its subscriber, which does not run yet: the node starts it on the thread
     /// that serves its sockets (`startup::NodeTasks`). Events for the hub arrive on the receiver.
     pub fn new(
-        redis: redis::ConnectionInfo,
+        redis: Arc<Redis>,
         prefix: &str,
-        pool: deadpool_redis::Pool,
         metrics: Arc<Metrics>,
-    ) -> Result<(Bus, Subscriber, mpsc::UnboundedReceiver<BusEvent>), String> {
-        let client = redis::Client::open(redis).map_err(|e| format!("REDIS_URL is not usable: {e}"))?;
+    ) -> (Bus, Subscriber, mpsc::UnboundedReceiver<BusEvent>) {
         // Unbounded on purpose. Commands: one per subscription change, made under the hub's lock,
         // which must not wait on the subscriber (it may be reconnecting). Events: what Redis already
         // delivered; the hub drains them on the same thread, and a bound would make the subscriber
@@ -161,14 +161,14 @@ impl Bus {
         let connected = Arc::new(AtomicBool::new(false));
         let channels = Channels::new(prefix);
         let subscriber = Subscriber {
-            client,
+            redis: redis.clone(),
             commands: command_rx,
             events,
             wanted: HashSet::from([channels.presence()]),
             connected: connected.clone(),
             metrics: metrics.clone(),
         };
-        Ok((Bus { channels, pool, shared: Arc::default(), commands, connected, metrics }, subscriber, event_rx))
+        (Bus { channels, redis, shared: Arc::default(), commands, connected, metrics }, subscriber, event_rx)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -212,14 +212,16 @@ impl Bus {
     /// presence) pipeline on it without a pool checkout each.
     pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
         let mut slot = self.shared.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
+        let generation = self.redis.generation();
+        if let Some((made_for, conn)) = slot.as_ref() {
+            if *made_for == generation {
+                return Ok(conn.clone());
+            }
         }
         // Boxed: connecting is a large future, and only this rare path needs it. Inline, it would make
         // every publish (and every command future that publishes) several KiB bigger.
-        let pooled = Box::pin(self.pool.get()).await.map_err(|e| e.to_string())?;
-        let conn = deadpool_redis::Connection::take(pooled);
-        *slot = Some(conn.clone());
+        let conn = Box::pin(self.redis.connection()).await?;
+        *slot = Some((generation, conn.clone()));
         Ok(conn)
     }
 
@@ -253,7 +255,7 @@ impl Bus {
 /// The one pub/sub connection of this node, reconnecting with backoff. [`Subscriber::run`] is its
 /// task; until it runs, (un)subscribe requests wait in its inbox.
 pub struct Subscriber {
-    client: redis::Client,
+    redis: Arc<Redis>,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<BusEvent>,
     /// Every channel some local socket needs; resubscribed in one command after a reconnect.
@@ -312,10 +314,12 @@ impl Subscriber {
 
     /// Serves one connection until it fails (Err) or the node shuts down (Ok).
     async fn connect_and_serve(&mut self) -> Result<(), String> {
-        let pubsub = tokio::time::timeout(Duration::from_secs(5), self.client.get_async_pubsub())
+        // Read before connecting: a move of the primary from here on ends this connection.
+        let mut moves = self.redis.changes();
+        moves.borrow_and_update();
+        let pubsub = tokio::time::timeout(Duration::from_secs(5), self.redis.pubsub())
             .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| "connect timed out".to_owned())??;
         let (mut sink, mut stream) = pubsub.split();
         let wanted: Vec<String> = self.wanted.iter().cloned().collect();
         // One SUBSCRIBE for everything, in chunks so a huge list stays a reasonable command.
@@ -332,6 +336,7 @@ impl Subscriber {
         }
         loop {
             tokio::select! {
+                _ = moves.changed() => return Err("the Redis primary moved".into()),
                 message = stream.next() => {
                     let Some(message) = message else { return Err("pub/sub stream ended".into()) };
                     match Envelope::decode(message.get_payload_bytes()) {

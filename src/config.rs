@@ -42,6 +42,15 @@ pub enum JwtAlgorithm {
     EdDsa,
 }
 
+/// How `REDIS_URL` is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisMode {
+    /// One Redis server.
+    Single,
+    /// The primary that Redis Sentinel names; `REDIS_URL` lists the Sentinels.
+    Sentinel,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -63,9 +72,20 @@ pub struct Settings {
     )]
     pub database_url: String,
 
-    /// Redis connection URL (pub/sub fan-out and presence).
+    /// Redis connection URL (pub/sub fan-out and presence). With CHORUS_REDIS_MODE=sentinel, the
+    /// Sentinels' URLs, comma-separated; their credentials and database are the primary's too.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
+
+    /// How REDIS_URL is read: `single` (one server) or `sentinel` (the primary that the Sentinels
+    /// listed in REDIS_URL name CHORUS_REDIS_SENTINEL_MASTER, followed through failovers).
+    #[arg(long, env = "CHORUS_REDIS_MODE", value_enum, default_value = "single")]
+    pub redis_mode: RedisMode,
+
+    /// The primary's name as the Sentinels monitor it (`sentinel monitor <name> …`); required with
+    /// CHORUS_REDIS_MODE=sentinel.
+    #[arg(long, env = "CHORUS_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
 
     /// Prefix for every Redis key and channel, so several clusters (or test runs) can share one Redis.
     #[arg(long, env = "CHORUS_REDIS_PREFIX", default_value = "chorus:")]
@@ -381,8 +401,24 @@ impl Settings {
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err(ConfigError("DATABASE_URL must start with postgres://".into()));
         }
-        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
-            return Err(ConfigError("REDIS_URL must start with redis://".into()));
+        if self.redis_urls().any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://")) {
+            return Err(ConfigError("REDIS_URL must start with redis:// (each URL, in sentinel mode)".into()));
+        }
+        match self.redis_mode {
+            RedisMode::Single if self.redis_urls().count() != 1 => {
+                return Err(ConfigError(
+                    "REDIS_URL lists several servers: set CHORUS_REDIS_MODE=sentinel (and CHORUS_REDIS_SENTINEL_MASTER) \
+                     if they are Sentinels, or give one URL"
+                        .into(),
+                ));
+            }
+            RedisMode::Sentinel if self.redis_sentinel_master.as_deref().is_none_or(str::is_empty) => {
+                return Err(ConfigError(
+                    "CHORUS_REDIS_MODE=sentinel needs CHORUS_REDIS_SENTINEL_MASTER: the name the Sentinels monitor"
+                        .into(),
+                ));
+            }
+            _ => {}
         }
         if self.db_pool_size == 0 || self.redis_pool_size == 0 {
             return Err(ConfigError("CHORUS_DB_POOL_SIZE and CHORUS_REDIS_POOL_SIZE must be at least 1".into()));
@@ -438,6 +474,11 @@ impl Settings {
             self.node_id = Some(host_name());
         }
         Ok(())
+    }
+
+    /// The URLs in REDIS_URL (one, unless it lists Sentinels).
+    pub fn redis_urls(&self) -> impl Iterator<Item = &str> {
+        self.redis_url.split(',').map(str::trim).filter(|url| !url.is_empty())
     }
 
     pub fn node_id(&self) -> &str {

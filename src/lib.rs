@@ -30,6 +30,7 @@ mod error;
 mod fanout;
 mod http;
 mod hub;
+mod kv;
 mod limits;
 mod metrics;
 mod presence;

@@ -31,6 +31,7 @@ fn start_node_tasks(state: &web::Data<AppState>) {
     let tasks = state.node_tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(NodeTasks { subscriber, hub }) = tasks {
         tokio::spawn(subscriber.run());
+        tokio::spawn(state.redis.clone().follow_primary());
         hub.spawn(&state.hub);
         tokio::spawn(crate::presence::maintain(state.clone()));
         tokio::spawn(crate::revocations::watch(state.revocations.clone(), state.db.clone(), state.hub.clone()));
@@ -41,34 +42,14 @@ fn start_node_tasks(state: &web::Data<AppState>) {
 pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
     let db = db::build_pool(&settings.database_url, settings.db_pool_size, settings.db_pool_timeout())
         .map_err(|e| StartupError(format!("DATABASE_URL is not usable: {e}")))?;
-    // Nagle's algorithm off on every Redis connection: PUBLISHes pipeline on one connection, and
-    // a small write held back until the previous one is acknowledged is latency for nothing.
-    let redis_info = redis::IntoConnectionInfo::into_connection_info(settings.redis_url.as_str())
-        .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    // redis-rs gives up on a reply after 500 ms by default. A node that is busy (a storm of
-    // sockets closing at once) polls late, not Redis answering late; wait as long as for a pool.
-    let redis_timeouts = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(settings.db_pool_timeout()))
-        .set_connection_timeout(Some(settings.db_pool_timeout()));
-    let redis_manager = deadpool_redis::Manager::new_with_config(redis_info.clone(), redis_timeouts)
-        .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
-    let redis = deadpool_redis::Pool::builder(redis_manager)
-        .max_size(settings.redis_pool_size)
-        .wait_timeout(Some(settings.db_pool_timeout()))
-        .create_timeout(Some(settings.db_pool_timeout()))
-        .recycle_timeout(Some(settings.db_pool_timeout()))
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()
-        .map_err(|e| StartupError(format!("REDIS_URL is not usable: {e}")))?;
+    let redis = Arc::new(crate::kv::Redis::new(&settings).map_err(StartupError)?);
     let tokens = TokenKeys::from_settings(&settings).map_err(StartupError)?;
     let argon2_concurrency =
         settings.argon2_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let passwords = PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations, argon2_concurrency)
         .map_err(StartupError)?;
     let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(e.to_string()))?);
-    let (bus, subscriber, bus_events) =
-        Bus::new(redis_info, &settings.redis_prefix, redis.clone(), metrics.clone()).map_err(StartupError)?;
+    let (bus, subscriber, bus_events) = Bus::new(redis.clone(), &settings.redis_prefix, metrics.clone());
     let (hub, hub_tasks) = Hub::new(
         bus.clone(),
         bus_events,
@@ -161,10 +142,10 @@ impl Application {
 
 async fn check_redis(state: &AppState) -> Result<(), StartupError> {
     let fail = |e: String| StartupError(format!("cannot reach Redis at REDIS_URL (is it running?): {e}"));
-    let conn = state.redis.get().await.map_err(|e| fail(e.to_string()))?;
-    // Taken out of the pool, not returned to it: this connection's I/O runs on the start-up runtime,
-    // and the node's traffic belongs on the workers' threads (see `NodeTasks`).
-    let mut conn = deadpool_redis::Connection::take(conn);
+    // A connection of its own (taken out of the pool in single mode), not returned to it: its I/O
+    // runs on the start-up runtime, and the node's traffic belongs on the workers' threads (see
+    // `NodeTasks`).
+    let mut conn = state.redis.connection().await.map_err(fail)?;
     deadpool_redis::redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| fail(e.to_string()))?;
     Ok(())
 }

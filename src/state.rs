@@ -17,7 +17,8 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: DbPool,
-    pub redis: deadpool_redis::Pool,
+    /// Where Redis is (one server, or the primary Sentinel names).
+    pub redis: Arc<crate::kv::Redis>,
     pub tokens: TokenKeys,
     pub passwords: PasswordHashing,
     pub metrics: Arc<Metrics>,

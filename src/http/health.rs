@@ -45,10 +45,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         let mut conn = state.db.get().await.ok()?;
         diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut conn).await.ok()
     };
-    let redis = async {
-        let mut conn = state.redis.get().await.ok()?;
-        deadpool_redis::redis::cmd("PING").query_async::<String>(&mut *conn).await.ok()
-    };
+    let redis = async { state.redis.ping().await.ok() };
     let (postgres, redis) =
         tokio::join!(tokio::time::timeout(PROBE_TIMEOUT, postgres), tokio::time::timeout(PROBE_TIMEOUT, redis));
     let postgres = matches!(postgres, Ok(Some(_)));

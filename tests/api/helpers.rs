@@ -107,6 +107,7 @@ pub fn test_settings(database_url: &str) -> Settings {
 pub struct TestApp {
     pub address: String,
     pub database_url: String,
+    pub redis_prefix: String,
     pub client: awc::Client,
     handle: ServerHandle,
 }
@@ -155,6 +156,7 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Settings))
     let database_url = database_url.to_owned();
     let mut settings = test_settings(&database_url);
     tweak(&mut settings);
+    let redis_prefix = settings.redis_prefix.clone();
     let app = Application::build(settings).await.expect("node starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
@@ -164,7 +166,7 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Settings))
     // made a test that waits 40 s between two requests fail about one run in fourteen.
     let connector = awc::Connector::new().conn_keep_alive(Duration::from_secs(2));
     let client = awc::Client::builder().connector(connector).timeout(Duration::from_secs(30)).finish();
-    TestApp { address, database_url, client, handle }
+    TestApp { address, database_url, redis_prefix, client, handle }
 }
 
 /// A response reduced to what tests look at.

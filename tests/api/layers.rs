@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("presence", &["presence"]),
     ("state", &["state"]),
     ("cluster-wide budgets", &["limits", "revocations"]),
-    ("bus", &["fanout", "hub", "bus"]),
+    ("bus", &["fanout", "hub", "bus", "kv"]),
     ("storage", &["db"]),
     ("base", &["protocol", "error", "config", "metrics", "auth", "validate", "ratelimit", "clock"]),
 ];

@@ -14,5 +14,6 @@ mod ops;
 mod resilience;
 mod rooms;
 mod security;
+mod sentinel;
 mod socketio;
 mod wire;
