@@ -72,6 +72,12 @@ pub struct Settings {
     )]
     pub database_url: String,
 
+    /// A PostgreSQL read replica for history pages going back (`before_seq`). A page is read there
+    /// only if the replica already has the seq the client asks below and the caller's membership;
+    /// otherwise, and for the newest page, from the primary.
+    #[arg(long, env = "CHORUS_DATABASE_REPLICA_URL")]
+    pub database_replica_url: Option<String>,
+
     /// Redis connection URL (pub/sub fan-out and presence). With CHORUS_REDIS_MODE=sentinel, the
     /// Sentinels' URLs, comma-separated; their credentials and database are the primary's too.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
@@ -397,6 +403,10 @@ impl Settings {
             return Err(ConfigError(
                 "CHORUS_JWT_ALG is RS256/EdDSA: set CHORUS_JWT_PRIVATE_KEY_FILE and CHORUS_JWT_PUBLIC_KEY_FILE to PEM files".into(),
             ));
+        }
+        let postgres = |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if self.database_replica_url.as_deref().is_some_and(|url| !postgres(url)) {
+            return Err(ConfigError("CHORUS_DATABASE_REPLICA_URL must start with postgres://".into()));
         }
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err(ConfigError("DATABASE_URL must start with postgres://".into()));

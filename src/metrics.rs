@@ -127,7 +127,9 @@ metrics! {
     db_pool_waiting_requests: IntGauge,
     /// Seconds a request waited for a pooled PostgreSQL connection.
     db_pool_wait_seconds: Histogram,
-    /// PostgreSQL query duration in seconds, by query (insert_message, read_messages, unreceived).
+    /// History pages going back, by where they were read (replica, primary: the replica lacked the seq or the membership, or failed).
+    db_replica_reads_total: IntCounterVec["source"],
+    /// PostgreSQL query duration in seconds, by query (insert_message, read_messages, read_messages_replica, unreceived).
     db_query_duration_seconds: HistogramVec["query"],
     /// Requests refused by a per-user cost limit, by budget (send, room_create, direct_open, room_password).
     limited_total: IntCounterVec["budget"],

@@ -42,6 +42,12 @@ fn start_node_tasks(state: &web::Data<AppState>) {
 pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
     let db = db::build_pool(&settings.database_url, settings.db_pool_size, settings.db_pool_timeout())
         .map_err(|e| StartupError(format!("DATABASE_URL is not usable: {e}")))?;
+    let db_replica = settings
+        .database_replica_url
+        .as_deref()
+        .map(|url| db::build_pool(url, settings.db_pool_size, settings.db_pool_timeout()))
+        .transpose()
+        .map_err(|e| StartupError(format!("CHORUS_DATABASE_REPLICA_URL is not usable: {e}")))?;
     let redis = Arc::new(crate::kv::Redis::new(&settings).map_err(StartupError)?);
     let tokens = TokenKeys::from_settings(&settings).map_err(StartupError)?;
     let argon2_concurrency =
@@ -65,6 +71,7 @@ pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
     Ok(AppState {
         settings: Arc::new(settings),
         db,
+        db_replica,
         redis,
         tokens,
         passwords,

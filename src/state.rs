@@ -17,6 +17,8 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: DbPool,
+    /// A read replica for history going back (`CHORUS_DATABASE_REPLICA_URL`), if there is one.
+    pub db_replica: Option<DbPool>,
     /// Where Redis is (one server, or the primary Sentinel names).
     pub redis: Arc<crate::kv::Redis>,
     pub tokens: TokenKeys,

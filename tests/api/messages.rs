@@ -585,3 +585,61 @@ async fn my_own_messages_are_neither_unread_nor_unreceived_for_me() {
         .collect();
     assert_eq!(seqs, vec![3], "alice's own messages are not waiting for alice: {:?}", pending.body);
 }
+
+/// Runs a PostgreSQL client tool against the test server; panics with its output on failure.
+fn pg_tool(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[actix_web::test]
+async fn history_going_back_reads_the_replica_only_when_it_has_the_seq_and_the_membership() {
+    // The "replica" is a copy of the primary taken at one moment: behind it, as a lagging replica is.
+    let replica = fresh_database().await;
+    let primary = fresh_database().await;
+    let replica_url = replica.clone();
+    let app = spawn_app_on(&primary, |s| s.database_replica_url = Some(replica_url)).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.room(&alice, "public").await;
+    for i in 1..=10 {
+        assert_eq!(app.send(&alice, room, &format!("m{i}")).await.status, StatusCode::CREATED);
+    }
+    let dump = pg_tool(
+        "pg_dump",
+        &["--data-only", "--disable-triggers", "--exclude-table-data=__diesel_schema_migrations", &primary],
+    );
+    let copy = std::env::temp_dir().join(format!("chorus-replica-{}.sql", Uuid::new_v4().simple()));
+    std::fs::write(&copy, dump).expect("write the dump");
+    pg_tool("psql", &["-q", "-v", "ON_ERROR_STOP=1", "-f", &copy.display().to_string(), &replica]);
+    let _ = std::fs::remove_file(&copy);
+    // Marks what only the replica says, to tell which database answered.
+    let mark = format!("UPDATE messages SET content = 'from the replica' WHERE room_id = '{room}' AND seq = 3");
+    pg_tool("psql", &["-q", "-c", &mark, &replica]);
+    for i in 11..=15 {
+        app.send(&alice, room, &format!("m{i}")).await;
+    }
+    let content_of = |reply: &Reply, seq: i64| {
+        reply.items().into_iter().find(|m| m["seq"] == json!(seq)).map(|m| m["content"].clone())
+    };
+    // The client knows seq 15: the replica (at 10) cannot answer, the primary does.
+    let page = history(&app, &alice, room, "?before_seq=16&limit=50").await;
+    assert_eq!(seqs(&page), (1..=15).collect::<Vec<_>>());
+    assert_eq!(content_of(&page, 3), Some(json!("m3")));
+    // Below what the replica has: it answers.
+    let page = history(&app, &alice, room, "?before_seq=8&limit=50").await;
+    assert_eq!(seqs(&page), (1..=7).collect::<Vec<_>>());
+    assert_eq!(content_of(&page, 3), Some(json!("from the replica")));
+    // Bob joined after the copy: the replica does not know he is a member; the primary does.
+    app.join(&bob, room).await;
+    let page = history(&app, &bob, room, "?before_seq=5&limit=50").await;
+    assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+    assert_eq!(content_of(&page, 3), Some(json!("m3")));
+    // The newest page is always the primary's.
+    let page = history(&app, &alice, room, "?limit=50").await;
+    assert_eq!(content_of(&page, 3), Some(json!("m3")));
+    let metrics = app.raw("GET", "/metrics", &[], None).await.text;
+    assert!(metrics.contains(r#"chorus_db_replica_reads_total{source="replica"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"chorus_db_replica_reads_total{source="primary"} 2"#), "{metrics}");
+}
