@@ -213,6 +213,14 @@ export class Client {
       this.opened.push(engine.transport.name);
       this.lastSid = engine.id;
       this.tap(engine.transport);
+      engine.on("close", (reason, err) => {
+        // A transport error carries the failed request: its status and body.
+        const why = [err?.message, err?.description?.message ?? err?.description, err?.context?.responseText]
+          .filter((x) => x !== undefined && x !== null && typeof x !== "object")
+          .join(" ")
+          .trim();
+        this.wire.push(`engine closed: ${reason}${why ? ` (${why})` : ""}`);
+      });
       engine.on("upgrade", (t) => {
         this.upgrades.push(t.name);
         this.tap(t);
@@ -249,7 +257,7 @@ export class Client {
 
   /** The last `n` payloads received, for failure messages. */
   wireTail(n = 6) {
-    return `\n  last payloads received by ${this.describe()}:\n    ${this.wire.slice(-n).join("\n    ")}`;
+    return `\n  last payloads received by ${this.describe()}, then how its transport ended:\n    ${this.wire.slice(-n).join("\n    ")}`;
   }
 
   wake() {
@@ -302,8 +310,9 @@ export class Client {
     return this.when(() => this.messages(roomId).length >= count && this.messages(roomId), `${count} messages in ${roomId}`, ms);
   }
 
+  /** The Engine.IO session id (the last one, once it is closed). */
   get sid() {
-    return this.socket.io.engine?.id;
+    return this.socket.io.engine?.id ?? this.lastSid;
   }
 
   get node() {
