@@ -9,7 +9,7 @@
 //! A payload is one header line of JSON (routing: kind, room, seq) and then the client frame, already
 //! serialized: the receiving node forwards those bytes to every local socket untouched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::clock::unix_us;
-use crate::kv::Redis;
+use crate::kv::{Conn, Names, Redis};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,24 +94,21 @@ impl Envelope {
     }
 }
 
-/// Channel names under this cluster's prefix.
+/// Channel names under this cluster's prefix (see [`crate::kv::Names`]).
 #[derive(Debug, Clone)]
 pub struct Channels {
-    prefix: Arc<str>,
+    names: Names,
 }
 
 impl Channels {
-    pub fn new(prefix: &str) -> Self {
-        Channels { prefix: prefix.into() }
-    }
     pub fn room(&self, room: Uuid) -> String {
-        format!("{}room:{room}", self.prefix)
+        self.names.room_channel(room)
     }
     pub fn user(&self, user: Uuid) -> String {
-        format!("{}user:{user}", self.prefix)
+        self.names.user_channel(user)
     }
     pub fn presence(&self) -> String {
-        format!("{}presence", self.prefix)
+        self.names.presence_channel()
     }
 }
 
@@ -138,7 +135,7 @@ pub struct Bus {
     /// it, and a pool's per-checkout health check (UNWATCH + PING, a round trip) is paid once
     /// rather than for every command. Replaced after an error, or when the primary moved (kept
     /// with the primary's generation it was made for).
-    shared: Arc<tokio::sync::Mutex<Option<(u64, redis::aio::MultiplexedConnection)>>>,
+    shared: Arc<tokio::sync::Mutex<Option<(u64, Conn)>>>,
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -147,11 +144,7 @@ pub struct Bus {
 impl Bus {
     /// Builds the bus and its subscriber, which does not run yet: the node starts it on the thread
     /// that serves its sockets (`startup::NodeTasks`). Events for the hub arrive on the receiver.
-    pub fn new(
-        redis: Arc<Redis>,
-        prefix: &str,
-        metrics: Arc<Metrics>,
-    ) -> (Bus, Subscriber, mpsc::UnboundedReceiver<BusEvent>) {
+    pub fn new(redis: Arc<Redis>, metrics: Arc<Metrics>) -> (Bus, Subscriber, mpsc::UnboundedReceiver<BusEvent>) {
         // Unbounded on purpose. Commands: one per subscription change, made under the hub's lock,
         // which must not wait on the subscriber (it may be reconnecting). Events: what Redis already
         // delivered; the hub drains them on the same thread, and a bound would make the subscriber
@@ -159,7 +152,7 @@ impl Bus {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
-        let channels = Channels::new(prefix);
+        let channels = Channels { names: redis.names.clone() };
         let subscriber = Subscriber {
             redis: redis.clone(),
             commands: command_rx,
@@ -181,7 +174,10 @@ impl Bus {
         let payload = envelope.encode();
         let result: Result<i64, String> = async {
             let mut conn = self.connection().await?;
-            let sent = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut conn).await;
+            // Sharded in cluster mode: the message goes to the channel's shard only, not to every node
+            // of the cluster.
+            let publish = if self.redis.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
+            let sent = redis::cmd(publish).arg(channel).arg(payload).query_async(&mut conn).await;
             if sent.is_err() {
                 *self.shared.lock().await = None;
             }
@@ -210,7 +206,7 @@ impl Bus {
 
     /// The node's shared command connection: multiplexed, so concurrent commands (every PUBLISH,
     /// presence) pipeline on it without a pool checkout each.
-    pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+    pub async fn connection(&self) -> Result<Conn, String> {
         let mut slot = self.shared.lock().await;
         let generation = self.redis.generation();
         if let Some((made_for, conn)) = slot.as_ref() {
@@ -251,6 +247,13 @@ impl Bus {
         }
     }
 }
+
+/// After a reconnect, when the hub catches up from PostgreSQL a second time. The other nodes notice
+/// the same change on their own timers (a Sentinel's new primary within a second, the cluster's new
+/// slot owners within two), and what they publish to the old server until then reaches no one here:
+/// catching up again once that window has passed delivers it without waiting for the room's next
+/// message.
+const CATCH_UP_AGAIN: Duration = Duration::from_millis(2500);
 
 /// The one pub/sub connection of this node, reconnecting with backoff. [`Subscriber::run`] is its
 /// task; until it runs, (un)subscribe requests wait in its inbox.
@@ -314,6 +317,9 @@ impl Subscriber {
 
     /// Serves one connection until it fails (Err) or the node shuts down (Ok).
     async fn connect_and_serve(&mut self) -> Result<(), String> {
+        if self.redis.is_cluster() {
+            return Box::pin(self.serve_sharded()).await;
+        }
         // Read before connecting: a move of the primary from here on ends this connection.
         let mut moves = self.redis.changes();
         moves.borrow_and_update();
@@ -334,8 +340,17 @@ impl Subscriber {
         if self.events.send(BusEvent::Connected).is_err() {
             return Ok(());
         }
+        let again = tokio::time::sleep(CATCH_UP_AGAIN);
+        tokio::pin!(again);
+        let mut caught_up_again = false;
         loop {
             tokio::select! {
+                _ = &mut again, if !caught_up_again => {
+                    caught_up_again = true;
+                    if self.events.send(BusEvent::Connected).is_err() {
+                        return Ok(());
+                    }
+                }
                 _ = moves.changed() => return Err("the Redis primary moved".into()),
                 message = stream.next() => {
                     let Some(message) = message else { return Err("pub/sub stream ended".into()) };
@@ -369,6 +384,150 @@ impl Subscriber {
                                 return Err("UNSUBSCRIBE failed".into());
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Channels grouped so that each group is one slot: by partition (the presence channel alone).
+fn by_slot(names: &Names, channels: impl IntoIterator<Item = String>) -> Vec<Vec<String>> {
+    let mut groups: HashMap<Option<u16>, Vec<String>> = HashMap::new();
+    for channel in channels {
+        groups.entry(names.partition_of_channel(&channel)).or_default().push(channel);
+    }
+    groups.into_values().flat_map(|group| group.chunks(500).map(<[String]>::to_vec).collect::<Vec<_>>()).collect()
+}
+
+/// The primaries' slot ranges, as one node of the cluster sees them.
+async fn slot_owners(conn: &mut redis::cluster_async::ClusterConnection) -> Result<Vec<(i64, i64, String)>, String> {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+    let value =
+        conn.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), route).await.map_err(|e| e.to_string())?;
+    let redis::Value::Array(ranges) = value else { return Err("CLUSTER SLOTS: not an array".into()) };
+    let mut owners = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        // [start, end, [host, port, id, …], replicas…]
+        let redis::Value::Array(fields) = range else { continue };
+        let int = |v: Option<&redis::Value>| v.and_then(|v| redis::from_redis_value_ref::<i64>(v).ok());
+        let (Some(start), Some(end)) = (int(fields.first()), int(fields.get(1))) else { continue };
+        let Some(redis::Value::Array(primary)) = fields.get(2) else { continue };
+        let host: String = primary.first().and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or_default();
+        owners.push((start, end, format!("{host}:{}", int(primary.get(1)).unwrap_or_default())));
+    }
+    owners.sort();
+    Ok(owners)
+}
+
+/// How often the sharded subscriber compares the cluster's slot owners with those it subscribed
+/// under: a replica promoted in place tells its old primary's subscribers nothing at all.
+const OWNER_CHECK: Duration = Duration::from_secs(2);
+
+impl Subscriber {
+    /// Cluster mode: sharded pub/sub on a connection of its own. The library does not keep sharded
+    /// subscriptions through the cluster's changes (a slot that moves sends `sunsubscribe` and the
+    /// channel is forgotten; a resubscription after a reconnect names channels of several slots in
+    /// one command and fails; a promoted replica sends nothing), so every such change ends this
+    /// connection: the node reconnects, subscribes everything again slot by slot, and the hub
+    /// catches up from PostgreSQL, as after any loss of the bus.
+    async fn serve_sharded(&mut self) -> Result<(), String> {
+        let names = self.redis.names.clone();
+        let (push_tx, mut pushes) = mpsc::unbounded_channel();
+        let mut conn = tokio::time::timeout(Duration::from_secs(5), self.redis.cluster_subscriber(push_tx))
+            .await
+            .map_err(|_| "connect timed out".to_owned())??;
+        let mut watch = match self.redis.connection().await? {
+            crate::kv::Conn::Cluster(conn) => conn,
+            crate::kv::Conn::Plain(_) => return Err("not a cluster".into()),
+        };
+        let owners = slot_owners(&mut watch).await?;
+        for group in by_slot(&names, self.wanted.iter().cloned()) {
+            conn.ssubscribe(&group).await.map_err(|e| e.to_string())?;
+        }
+        self.connected.store(true, Ordering::Relaxed);
+        self.metrics.redis_connected.set(1);
+        self.metrics.redis_reconnects_total.inc();
+        self.metrics.subscribed_channels.set(self.wanted.len() as i64);
+        tracing::info!(channels = self.wanted.len(), "sharded pub/sub connected");
+        if self.events.send(BusEvent::Connected).is_err() {
+            return Ok(());
+        }
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + OWNER_CHECK, OWNER_CHECK);
+        let again = tokio::time::sleep(CATCH_UP_AGAIN);
+        tokio::pin!(again);
+        let mut caught_up_again = false;
+        loop {
+            tokio::select! {
+                _ = &mut again, if !caught_up_again => {
+                    caught_up_again = true;
+                    if self.events.send(BusEvent::Connected).is_err() {
+                        return Ok(());
+                    }
+                }
+                push = pushes.recv() => {
+                    let Some(push) = push else { return Err("the cluster connection ended".into()) };
+                    match push.kind {
+                        redis::PushKind::SMessage => {
+                            let payload = push.data.get(1).and_then(|v| match v {
+                                redis::Value::BulkString(bytes) => Some(bytes.as_slice()),
+                                _ => None,
+                            });
+                            match payload.and_then(Envelope::decode) {
+                                Some(envelope) => {
+                                    let transit = (unix_us() - envelope.header.at_us).max(0) as f64 / 1e6;
+                                    self.metrics.bus_transit_seconds.observe(transit);
+                                    if self.events.send(BusEvent::Message(envelope)).is_err() {
+                                        return Ok(());
+                                    }
+                                }
+                                None => tracing::warn!("undecodable sharded bus payload dropped"),
+                            }
+                        }
+                        redis::PushKind::SUnsubscribe => {
+                            let channel: Option<String> =
+                                push.data.first().and_then(|v| redis::from_redis_value_ref(v).ok());
+                            // One we still want: the server dropped it (its slot moved).
+                            if channel.is_some_and(|c| self.wanted.contains(&c)) {
+                                return Err("a sharded subscription was dropped by the cluster (slot moved)".into());
+                            }
+                        }
+                        redis::PushKind::Disconnection => {
+                            return Err("a cluster node's connection dropped".into());
+                        }
+                        _ => {}
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Ok(()) };
+                    match command {
+                        Command::Subscribe(channels, ack) => {
+                            let fresh: Vec<String> = channels.into_iter().filter(|c| self.wanted.insert(c.clone())).collect();
+                            let mut ok = true;
+                            for group in by_slot(&names, fresh) {
+                                ok &= conn.ssubscribe(&group).await.is_ok();
+                            }
+                            let _ = ack.send(ok);
+                            self.metrics.subscribed_channels.set(self.wanted.len() as i64);
+                            if !ok {
+                                return Err("SSUBSCRIBE failed".into());
+                            }
+                        }
+                        Command::Unsubscribe(channels) => {
+                            let gone: Vec<String> = channels.into_iter().filter(|c| self.wanted.remove(c)).collect();
+                            self.metrics.subscribed_channels.set(self.wanted.len() as i64);
+                            for group in by_slot(&names, gone) {
+                                if conn.sunsubscribe(&group).await.is_err() {
+                                    return Err("SUNSUBSCRIBE failed".into());
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    if slot_owners(&mut watch).await? != owners {
+                        return Err("the cluster's slot owners changed".into());
                     }
                 }
             }

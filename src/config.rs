@@ -49,6 +49,8 @@ pub enum RedisMode {
     Single,
     /// The primary that Redis Sentinel names; `REDIS_URL` lists the Sentinels.
     Sentinel,
+    /// Redis Cluster (7+), with sharded pub/sub; `REDIS_URL` lists seed nodes.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,10 +85,16 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
 
-    /// How REDIS_URL is read: `single` (one server) or `sentinel` (the primary that the Sentinels
-    /// listed in REDIS_URL name CHORUS_REDIS_SENTINEL_MASTER, followed through failovers).
+    /// How REDIS_URL is read: `single` (one server), `sentinel` (the primary that the Sentinels
+    /// listed in REDIS_URL name CHORUS_REDIS_SENTINEL_MASTER, followed through failovers) or
+    /// `cluster` (Redis Cluster 7+: REDIS_URL lists seed nodes; rooms go through sharded pub/sub).
     #[arg(long, env = "CHORUS_REDIS_MODE", value_enum, default_value = "single")]
     pub redis_mode: RedisMode,
+
+    /// In cluster mode, how many partitions rooms, users and presence keys are spread over; each
+    /// is a hash tag, so one slot. Every node of a cluster must use the same number.
+    #[arg(long, env = "CHORUS_REDIS_PARTITIONS", default_value_t = 128)]
+    pub redis_partitions: u16,
 
     /// The primary's name as the Sentinels monitor it (`sentinel monitor <name> …`); required with
     /// CHORUS_REDIS_MODE=sentinel.
@@ -412,15 +420,26 @@ impl Settings {
             return Err(ConfigError("DATABASE_URL must start with postgres://".into()));
         }
         if self.redis_urls().any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://")) {
-            return Err(ConfigError("REDIS_URL must start with redis:// (each URL, in sentinel mode)".into()));
+            return Err(ConfigError(
+                "REDIS_URL must start with redis:// (each URL, in sentinel and cluster mode)".into(),
+            ));
         }
         match self.redis_mode {
             RedisMode::Single if self.redis_urls().count() != 1 => {
                 return Err(ConfigError(
                     "REDIS_URL lists several servers: set CHORUS_REDIS_MODE=sentinel (and CHORUS_REDIS_SENTINEL_MASTER) \
-                     if they are Sentinels, or give one URL"
+                     if they are Sentinels, CHORUS_REDIS_MODE=cluster if they are Redis Cluster nodes, or give one URL"
                         .into(),
                 ));
+            }
+            RedisMode::Cluster if self.redis_prefix.contains(['{', '}']) => {
+                return Err(ConfigError(
+                    "CHORUS_REDIS_PREFIX may not contain { or } in cluster mode: Chorus puts its own hash tags in keys"
+                        .into(),
+                ));
+            }
+            RedisMode::Cluster if self.redis_partitions == 0 || self.redis_partitions > 16384 => {
+                return Err(ConfigError("CHORUS_REDIS_PARTITIONS must be between 1 and 16384".into()));
             }
             RedisMode::Sentinel if self.redis_sentinel_master.as_deref().is_none_or(str::is_empty) => {
                 return Err(ConfigError(

@@ -29,14 +29,145 @@ const SENTINEL_POLL: Duration = Duration::from_secs(1);
 
 pub struct Redis {
     target: Target,
+    pub names: Names,
     timeouts: redis::AsyncConnectionConfig,
+    /// How long a connection or a reply may take.
+    timeout: Duration,
+    /// Cluster mode: the readiness probe's connection, kept while it works.
+    probe: tokio::sync::Mutex<Option<redis::cluster_async::ClusterConnection>>,
     /// Counts the primary's moves: a connection made before the last one is stale.
     changes: watch::Sender<u64>,
 }
 
 enum Target {
-    Single { client: redis::Client, pool: deadpool_redis::Pool },
+    Single {
+        client: redis::Client,
+        pool: deadpool_redis::Pool,
+    },
     Sentinel(Box<Sentinels>),
+    /// Redis Cluster: commands on a cluster connection; the bus's subscriber makes its own (see
+    /// `bus::sharded`).
+    Cluster {
+        seeds: Vec<redis::ConnectionInfo>,
+    },
+}
+
+/// A command connection: to one server (single, sentinel), or to a whole cluster, which routes each
+/// command (and each script, by its first key) to the slot's primary.
+#[derive(Clone)]
+pub enum Conn {
+    Plain(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Plain(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Plain(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Plain(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Key and channel names. In cluster mode every name carries a hash tag `{p:<n>}`, its partition:
+/// a room's channel by the room, a user's channel and presence keys by the user. Keys one script
+/// touches share the tag (one slot), and so do the channels one `SSUBSCRIBE` names. In the other
+/// modes names are as they always were.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: Arc<str>,
+    partitions: Option<u16>,
+}
+
+impl Names {
+    pub fn new(settings: &Settings) -> Names {
+        let partitions = (settings.redis_mode == RedisMode::Cluster).then_some(settings.redis_partitions);
+        Names { prefix: settings.redis_prefix.as_str().into(), partitions }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The partitions, in cluster mode.
+    pub fn partitions(&self) -> Option<u16> {
+        self.partitions
+    }
+
+    /// `id`'s partition (UUIDv4 and v7 both end in random bits).
+    pub fn partition_of(&self, id: uuid::Uuid) -> Option<u16> {
+        self.partitions.map(|n| (id.as_u128() % u128::from(n)) as u16)
+    }
+
+    /// The prefix and, in cluster mode, `id`'s hash tag.
+    fn tagged(&self, id: uuid::Uuid) -> String {
+        match self.partition_of(id) {
+            Some(p) => format!("{}{{p:{p}}}", self.prefix),
+            None => self.prefix.to_string(),
+        }
+    }
+
+    pub fn room_channel(&self, room: uuid::Uuid) -> String {
+        format!("{}room:{room}", self.tagged(room))
+    }
+
+    pub fn user_channel(&self, user: uuid::Uuid) -> String {
+        format!("{}user:{user}", self.tagged(user))
+    }
+
+    pub fn presence_channel(&self) -> String {
+        match self.partitions {
+            Some(_) => format!("{}{{presence}}presence", self.prefix),
+            None => format!("{}presence", self.prefix),
+        }
+    }
+
+    /// The partition of a channel this module named (none outside cluster mode).
+    pub fn partition_of_channel(&self, channel: &str) -> Option<u16> {
+        let rest = channel.strip_prefix(&*self.prefix)?.strip_prefix("{p:")?;
+        rest.split('}').next()?.parse().ok()
+    }
+
+    pub fn presence_key(&self, user: uuid::Uuid) -> String {
+        format!("{}presence:{user}", self.tagged(user))
+    }
+
+    /// Where a node records its sessions: one set per node, or in cluster mode one per node and
+    /// user partition, in the user's presence key's slot (the open and close scripts touch both).
+    pub fn node_sessions_key(&self, node: &str, user: uuid::Uuid) -> String {
+        format!("{}node:{node}:sessions", self.tagged(user))
+    }
+
+    /// Every node-sessions key of `node` (one, or one per partition).
+    pub fn all_node_sessions_keys(&self, node: &str) -> Vec<String> {
+        match self.partitions {
+            Some(n) => (0..n).map(|p| format!("{}{{p:{p}}}node:{node}:sessions", self.prefix)).collect(),
+            None => vec![format!("{}node:{node}:sessions", self.prefix)],
+        }
+    }
+
+    pub fn nodes_key(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
 }
 
 struct Sentinels {
@@ -111,8 +242,23 @@ impl Redis {
                     primary: RwLock::default(),
                 }))
             }
+            RedisMode::Cluster => {
+                let seeds = settings
+                    .redis_urls()
+                    .map(|url| url.into_connection_info().map(tcp))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| unusable(&e))?;
+                Target::Cluster { seeds }
+            }
         };
-        Ok(Redis { target, timeouts, changes: watch::Sender::new(0) })
+        Ok(Redis {
+            target,
+            timeouts,
+            timeout: settings.db_pool_timeout(),
+            probe: tokio::sync::Mutex::default(),
+            changes: watch::Sender::new(0),
+            names: Names::new(settings),
+        })
     }
 
     /// How many times the primary has moved since the node started.
@@ -139,20 +285,56 @@ impl Redis {
     }
 
     /// A connection of its own (taken out of the pool in single mode): the bus shares one per node.
-    pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+    pub async fn connection(&self) -> Result<Conn, String> {
         match &self.target {
             Target::Single { pool, .. } => {
                 // Boxed: a pool checkout holds a whole connection set-up, and only this rare path
                 // needs it.
                 let pooled = Box::pin(pool.get()).await.map_err(|e| e.to_string())?;
-                Ok(deadpool_redis::Connection::take(pooled))
+                Ok(Conn::Plain(deadpool_redis::Connection::take(pooled)))
             }
             Target::Sentinel(sentinels) => {
                 let client = Redis::primary(sentinels).await?;
                 let connecting = client.get_multiplexed_async_connection_with_config(&self.timeouts);
-                Box::pin(connecting).await.map_err(|e| e.to_string())
+                Ok(Conn::Plain(Box::pin(connecting).await.map_err(|e| e.to_string())?))
+            }
+            Target::Cluster { seeds } => {
+                let client = self.cluster_client(seeds, None).map_err(|e| e.to_string())?;
+                Ok(Conn::Cluster(Box::pin(client.get_async_connection()).await.map_err(|e| e.to_string())?))
             }
         }
+    }
+
+    fn cluster_client(
+        &self,
+        seeds: &[redis::ConnectionInfo],
+        pushes: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let timeout = self.timeout;
+        let builder = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        match pushes {
+            // Sharded pub/sub arrives as RESP3 pushes.
+            Some(pushes) => builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(pushes).build(),
+            None => builder.build(),
+        }
+    }
+
+    /// In cluster mode, a connection of its own for sharded subscriptions, whose pushes (messages,
+    /// and the server's `sunsubscribe`s and disconnections) arrive on `pushes`.
+    pub async fn cluster_subscriber(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Result<redis::cluster_async::ClusterConnection, String> {
+        let Target::Cluster { seeds } = &self.target else { return Err("not in cluster mode".into()) };
+        let client = self.cluster_client(seeds, Some(pushes)).map_err(|e| e.to_string())?;
+        Box::pin(client.get_async_connection()).await.map_err(|e| e.to_string())
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
     }
 
     /// A pub/sub connection to the server (or primary) that PUBLISHes reach.
@@ -160,6 +342,7 @@ impl Redis {
         let client = match &self.target {
             Target::Single { client, .. } => client.clone(),
             Target::Sentinel(sentinels) => Redis::primary(sentinels).await?,
+            Target::Cluster { .. } => return Err("cluster mode subscribes with sharded pub/sub".into()),
         };
         client.get_async_pubsub().await.map_err(|e| e.to_string())
     }
@@ -174,6 +357,24 @@ impl Redis {
             Target::Sentinel(_) => {
                 let mut conn = self.connection().await?;
                 redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| e.to_string())?;
+            }
+            Target::Cluster { .. } => {
+                // Kept between probes: a cluster connection connects to every node of the cluster.
+                let mut slot = self.probe.lock().await;
+                let mut conn = match slot.take() {
+                    Some(conn) => conn,
+                    None => match self.connection().await? {
+                        Conn::Cluster(conn) => conn,
+                        Conn::Plain(_) => return Err("not a cluster".into()),
+                    },
+                };
+                // One primary, not all: a plain PING fans out to every primary and would fail
+                // readiness on every node during any one shard's failover.
+                let route = redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::RandomPrimary,
+                );
+                conn.route_command(redis::cmd("PING"), route).await.map_err(|e| e.to_string())?;
+                *slot = Some(conn);
             }
         }
         Ok(())

@@ -13,10 +13,6 @@ use uuid::Uuid;
 use crate::clock::unix_ms;
 use crate::state::AppState;
 
-pub fn presence_key(prefix: &str, user: Uuid) -> String {
-    format!("{prefix}presence:{user}")
-}
-
 /// Which of `users` are online. Presence is advisory: if Redis cannot answer, everyone reads as offline
 /// rather than failing the request.
 pub async fn online_among(state: &AppState, users: &[Uuid]) -> HashSet<Uuid> {
@@ -24,17 +20,24 @@ pub async fn online_among(state: &AppState, users: &[Uuid]) -> HashSet<Uuid> {
         return HashSet::new();
     }
     let now = unix_ms();
-    let mut pipe = redis::pipe();
-    for user in users {
-        pipe.cmd("ZCOUNT").arg(presence_key(&state.settings.redis_prefix, *user)).arg(now).arg("+inf");
-    }
-    let counts: Result<Vec<i64>, String> = async {
+    let names = &state.redis.names;
+    // One pipeline per slot (in cluster mode a pipeline may not span slots; otherwise there is one).
+    let online: Result<HashSet<Uuid>, String> = async {
         let mut conn = redis_conn(state).await?;
-        pipe.query_async(&mut conn).await.map_err(|e| broken(state, e))
+        let mut online = HashSet::new();
+        for group in by_partition(names, users.iter().copied()) {
+            let mut pipe = redis::pipe();
+            for user in &group {
+                pipe.cmd("ZCOUNT").arg(names.presence_key(*user)).arg(now).arg("+inf");
+            }
+            let counts: Vec<i64> = pipe.query_async(&mut conn).await.map_err(|e| broken(state, e))?;
+            online.extend(group.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(u, _)| *u));
+        }
+        Ok(online)
     }
     .await;
-    match counts {
-        Ok(counts) => users.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(u, _)| *u).collect(),
+    match online {
+        Ok(online) => online,
         Err(error) => {
             tracing::warn!(%error, "presence lookup failed; reporting users offline");
             HashSet::new()
@@ -68,13 +71,33 @@ if removed == 0 then return -1 end
 return redis.call('ZCARD', KEYS[1])
 ";
 
-/// Where this node records its sessions, so a live node can clean up after a dead one.
-pub fn node_sessions_key(prefix: &str, node: &str) -> String {
-    format!("{prefix}node:{node}:sessions")
+/// `items` grouped by their user's partition: one group outside cluster mode, in their order.
+fn by_partition<T>(names: &crate::kv::Names, items: impl IntoIterator<Item = T>) -> Vec<Vec<T>>
+where
+    T: UserOf,
+{
+    let mut groups: std::collections::BTreeMap<Option<u16>, Vec<T>> = std::collections::BTreeMap::new();
+    for item in items {
+        groups.entry(names.partition_of(item.user())).or_default().push(item);
+    }
+    groups.into_values().collect()
 }
 
-pub fn nodes_key(prefix: &str) -> String {
-    format!("{prefix}nodes")
+/// What [`by_partition`] groups by.
+trait UserOf {
+    fn user(&self) -> Uuid;
+}
+
+impl UserOf for Uuid {
+    fn user(&self) -> Uuid {
+        *self
+    }
+}
+
+impl UserOf for (Uuid, Uuid) {
+    fn user(&self) -> Uuid {
+        self.0
+    }
 }
 
 fn member(user: Uuid, session: Uuid) -> String {
@@ -82,13 +105,13 @@ fn member(user: Uuid, session: Uuid) -> String {
 }
 
 pub async fn session_opened(state: &AppState, user: Uuid, session: Uuid) -> Result<u64, String> {
-    let prefix = &state.settings.redis_prefix;
+    let names = &state.redis.names;
     let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
     let now = unix_ms();
     let mut conn = redis_conn(state).await?;
     let before: i64 = redis::Script::new(OPEN_SCRIPT)
-        .key(presence_key(prefix, user))
-        .key(node_sessions_key(prefix, state.settings.node_id()))
+        .key(names.presence_key(user))
+        .key(names.node_sessions_key(state.settings.node_id(), user))
         .arg(session.to_string())
         .arg(now + ttl_ms)
         .arg(now)
@@ -101,11 +124,11 @@ pub async fn session_opened(state: &AppState, user: Uuid, session: Uuid) -> Resu
 }
 
 pub async fn session_closed(state: &AppState, user: Uuid, session: Uuid) -> Result<bool, String> {
-    let prefix = &state.settings.redis_prefix;
+    let names = &state.redis.names;
     let mut conn = redis_conn(state).await?;
     let remaining: i64 = redis::Script::new(CLOSE_SCRIPT)
-        .key(presence_key(prefix, user))
-        .key(node_sessions_key(prefix, state.settings.node_id()))
+        .key(names.presence_key(user))
+        .key(names.node_sessions_key(state.settings.node_id(), user))
         .arg(session.to_string())
         .arg(unix_ms())
         .arg(member(user, session))
@@ -172,31 +195,31 @@ pub async fn maintain(state: actix_web::web::Data<AppState>) {
 const RENEW_BATCH: usize = 256;
 
 async fn renew(state: &AppState) -> Result<(), String> {
-    let prefix = &state.settings.redis_prefix;
+    let names = &state.redis.names;
+    let node = state.settings.node_id();
     let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
     let now = unix_ms();
     let mut conn = redis_conn(state).await?;
     redis::cmd("ZADD")
-        .arg(nodes_key(prefix))
+        .arg(names.nodes_key())
         .arg(now)
         .arg(state.settings.node_id())
         .query_async::<()>(&mut conn)
         .await
         .map_err(|e| broken(state, e))?;
-    let sessions = state.hub.sessions();
-    for batch in sessions.chunks(RENEW_BATCH) {
-        let mut pipe = redis::pipe();
-        for (user, session) in batch {
-            // Plain ZADD, not XX: a lease a sweeper dropped while this node looked dead comes back.
-            pipe.cmd("ZADD").arg(presence_key(prefix, *user)).arg(now + ttl_ms).arg(session.to_string()).ignore();
-            pipe.cmd("PEXPIRE").arg(presence_key(prefix, *user)).arg(ttl_ms * 4).ignore();
-            pipe.cmd("SADD")
-                .arg(node_sessions_key(prefix, state.settings.node_id()))
-                .arg(member(*user, *session))
-                .ignore();
+    for group in by_partition(names, state.hub.sessions()) {
+        for batch in group.chunks(RENEW_BATCH) {
+            let mut pipe = redis::pipe();
+            for (user, session) in batch {
+                // Plain ZADD, not XX: a lease a sweeper dropped while this node looked dead comes back.
+                let key = names.presence_key(*user);
+                pipe.cmd("ZADD").arg(&key).arg(now + ttl_ms).arg(session.to_string()).ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms * 4).ignore();
+                pipe.cmd("SADD").arg(names.node_sessions_key(node, *user)).arg(member(*user, *session)).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| broken(state, e))?;
+            state.metrics.presence_heartbeats_total.inc_by(batch.len() as u64);
         }
-        pipe.query_async::<()>(&mut conn).await.map_err(|e| broken(state, e))?;
-        state.metrics.presence_heartbeats_total.inc_by(batch.len() as u64);
     }
     Ok(())
 }
@@ -204,12 +227,13 @@ async fn renew(state: &AppState) -> Result<(), String> {
 /// Finds nodes whose liveness mark is older than the TTL, takes a short lock per dead node, drops
 /// its sessions' leases and announces users who are now offline.
 async fn sweep_dead_nodes(state: &AppState) -> Result<(), String> {
-    let prefix = &state.settings.redis_prefix;
+    let names = &state.redis.names;
+    let prefix = names.prefix();
     let ttl_ms = state.settings.presence_ttl_s as i64 * 1000;
     let now = unix_ms();
     let mut conn = redis_conn(state).await?;
     let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(nodes_key(prefix))
+        .arg(names.nodes_key())
         .arg("-inf")
         .arg(now - ttl_ms)
         .query_async(&mut conn)
@@ -228,16 +252,18 @@ async fn sweep_dead_nodes(state: &AppState) -> Result<(), String> {
         if lock.is_none() {
             continue; // another node is on it
         }
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(node_sessions_key(prefix, &node))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| broken(state, e))?;
+        let keys = names.all_node_sessions_keys(&node);
+        let mut members: Vec<String> = Vec::new();
+        for key in &keys {
+            let some: Vec<String> =
+                redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await.map_err(|e| broken(state, e))?;
+            members.extend(some);
+        }
         let mut offline = Vec::new();
         for entry in &members {
             let Some((user, session)) = entry.split_once(':') else { continue };
             let Ok(user) = user.parse::<Uuid>() else { continue };
-            let key = presence_key(prefix, user);
+            let key = names.presence_key(user);
             let (_, live): (i64, i64) = redis::pipe()
                 .cmd("ZREM")
                 .arg(&key)
@@ -253,14 +279,13 @@ async fn sweep_dead_nodes(state: &AppState) -> Result<(), String> {
                 offline.push(user);
             }
         }
-        redis::pipe()
-            .cmd("DEL")
-            .arg(node_sessions_key(prefix, &node))
-            .ignore()
-            .cmd("ZREM")
-            .arg(nodes_key(prefix))
+        // One key per command: in cluster mode they lie in different slots.
+        for key in &keys {
+            redis::cmd("DEL").arg(key).query_async::<()>(&mut conn).await.map_err(|e| broken(state, e))?;
+        }
+        redis::cmd("ZREM")
+            .arg(names.nodes_key())
             .arg(&node)
-            .ignore()
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| broken(state, e))?;
@@ -277,7 +302,7 @@ async fn sweep_dead_nodes(state: &AppState) -> Result<(), String> {
 /// The node's shared, multiplexed Redis connection: presence commands pipeline on it with the bus's
 /// PUBLISHes, without a pool checkout each. (With the pool, a storm of 15,000 sockets closing at once
 /// queued 7,480 lease removals past the pool's wait timeout.)
-async fn redis_conn(state: &AppState) -> Result<redis::aio::MultiplexedConnection, String> {
+async fn redis_conn(state: &AppState) -> Result<crate::kv::Conn, String> {
     state.hub.bus().connection().await
 }
 

@@ -55,7 +55,7 @@ pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
     let passwords = PasswordHashing::new(settings.argon2_memory_kib, settings.argon2_iterations, argon2_concurrency)
         .map_err(StartupError)?;
     let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(e.to_string()))?);
-    let (bus, subscriber, bus_events) = Bus::new(redis.clone(), &settings.redis_prefix, metrics.clone());
+    let (bus, subscriber, bus_events) = Bus::new(redis.clone(), metrics.clone());
     let (hub, hub_tasks) = Hub::new(
         bus.clone(),
         bus_events,
@@ -134,7 +134,11 @@ impl Application {
         loop {
             // Repeated: a socket whose upgrade raced the drain flag is closed on the next round.
             state.hub.close_all(crate::protocol::ws::close_code::SERVICE_RESTART);
-            if state.hub.session_count() == 0 || tokio::time::Instant::now() >= deadline {
+            // Socket.IO sessions are gone from the hub before their transport has taken the last
+            // packets (`closing`, then the close): wait for their engines to end too, or a
+            // long-polling client's next request finds the node gone and reads a transport error.
+            let engines = state.metrics.socketio_engines.get();
+            if (state.hub.session_count() == 0 && engines == 0) || tokio::time::Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

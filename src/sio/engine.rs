@@ -98,6 +98,8 @@ impl Engine {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // Since when the last ping has gone unanswered.
         let mut unanswered: Option<Instant> = None;
+        // Without a Socket.IO session nothing else tells the engine of a drain.
+        let mut drain_check = tokio::time::interval(Duration::from_millis(250));
         // One timer for the token's expiry, moved only when a session starts or `auth` swaps in a
         // fresh token (not a timer per packet).
         let mut armed_for = None;
@@ -152,6 +154,11 @@ impl Engine {
                                 return Closing { code: 1002, reason: "protocol_error" };
                             }
                         },
+                    }
+                }
+                _ = drain_check.tick(), if self.session.is_none() => {
+                    if self.state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Closing { code: close_code::SERVICE_RESTART, reason: "draining" };
                     }
                 }
                 _ = heartbeat.tick() => {

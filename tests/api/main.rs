@@ -11,6 +11,7 @@ mod layers;
 mod messages;
 mod metrics;
 mod ops;
+mod redis_cluster;
 mod resilience;
 mod rooms;
 mod security;
