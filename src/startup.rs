@@ -82,6 +82,7 @@ pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
         limits,
         revocations,
         draining: Default::default(),
+        drain_started: Default::default(),
         node_tasks: std::sync::Mutex::new(Some(NodeTasks { subscriber, hub: hub_tasks })),
     })
 }
@@ -128,6 +129,7 @@ impl Application {
     /// to another node), then the server stops, all within the grace period.
     pub async fn drain(state: &AppState, handle: &ServerHandle) {
         state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        state.drain_started.notify_waiters();
         // Half the grace period for sockets to close, the rest for in-flight HTTP requests.
         let grace = Duration::from_secs(state.settings.shutdown_grace_s);
         let deadline = tokio::time::Instant::now() + grace / 2;

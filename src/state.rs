@@ -36,6 +36,9 @@ pub struct AppState {
     pub revocations: Arc<crate::revocations::Revocations>,
     /// Set on SIGTERM: `/readyz` fails at once so the load balancer stops sending new clients.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Notified once when the drain starts, for tasks that wait on nothing else (an Engine.IO
+    /// session without a Socket.IO session).
+    pub drain_started: tokio::sync::Notify,
     /// The node's background tasks until the first HTTP worker starts them (see [`NodeTasks`]).
     pub(crate) node_tasks: std::sync::Mutex<Option<NodeTasks>>,
 }

@@ -98,14 +98,15 @@ impl Engine {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // Since when the last ping has gone unanswered.
         let mut unanswered: Option<Instant> = None;
-        // Without a Socket.IO session nothing else tells the engine of a drain.
-        let mut drain_check = tokio::time::interval(Duration::from_millis(250));
         // One timer for the token's expiry, moved only when a session starts or `auth` swaps in a
         // fresh token (not a timer per packet).
         let mut armed_for = None;
         let expiry = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(expiry);
         loop {
+            if self.session.is_none() && self.state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                return Closing { code: close_code::SERVICE_RESTART, reason: "draining" };
+            }
             let control = self.session.as_ref().map(|s| s.control.clone());
             let expires_at = self.session.as_ref().map(|s| s.user.expires_at);
             if expires_at != armed_for {
@@ -156,11 +157,9 @@ impl Engine {
                         },
                     }
                 }
-                _ = drain_check.tick(), if self.session.is_none() => {
-                    if self.state.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Closing { code: close_code::SERVICE_RESTART, reason: "draining" };
-                    }
-                }
+                // Without a Socket.IO session nothing else tells the engine of a drain (with one,
+                // the hub closes the session through its control).
+                _ = self.state.drain_started.notified(), if self.session.is_none() => {}
                 _ = heartbeat.tick() => {
                     if unanswered.is_some_and(|at| at.elapsed() >= every.mul_f64(0.9)) {
                         let closing = Closing { code: close_code::HEARTBEAT_TIMEOUT, reason: "heartbeat_timeout" };

@@ -414,6 +414,16 @@ async fn a_draining_node_refuses_handshakes_and_closes_socket_io_sessions_with_1
     socket.next(true).await.expect("open packet");
     socket.send(&format!("40{}", json!({"token": token}))).await;
     socket.until("ready", |p| p.starts_with(r#"42["ready""#)).await;
+    // An engine that has not connected yet, long-polling: told of the drain too.
+    let mut handshake = client.get(format!("{address}/socket.io/?EIO=4&transport=polling")).send().await.expect("open");
+    let open = String::from_utf8(handshake.body().await.expect("body").to_vec()).expect("UTF-8");
+    let unconnected: Value = serde_json::from_str(&open[1..]).expect("JSON");
+    let poll_url =
+        format!("{address}/socket.io/?EIO=4&transport=polling&sid={}", unconnected["sid"].as_str().expect("sid"));
+    let waiting = async {
+        let mut reply = client.get(poll_url).send().await.expect("poll");
+        String::from_utf8(reply.body().await.expect("body").to_vec()).expect("UTF-8")
+    };
     state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     let refused = client.get(format!("{address}/socket.io/?EIO=4&transport=polling")).send().await.expect("answer");
     assert_eq!(refused.status().as_u16(), 503);
@@ -423,7 +433,10 @@ async fn a_draining_node_refuses_handshakes_and_closes_socket_io_sessions_with_1
         while socket.next(true).await.is_some() {}
         closing
     };
-    let (closing, ()) = futures_util::join!(read, drain);
+    let started = std::time::Instant::now();
+    let (closing, polled, ()) = futures_util::join!(read, waiting, drain);
     assert_eq!(event_data(&closing), json!({"code": 1012, "reason": "draining"}));
     assert_eq!(socket.closed, Some(1012));
+    assert_eq!(polled, "1", "the waiting poll gets the close");
+    assert!(started.elapsed() < Duration::from_secs(2), "the drain did not wait out a heartbeat");
 }
