@@ -494,7 +494,7 @@ render_compose_nginx_conf() {
 # Deployment-file tools (script/check-deploy, run by script/test)
 # ---------------------------------------------------------------------------
 # A venv with the pinned Python tools of script/requirements-deploy.txt
-# (check-jsonschema with the Compose schema, hadolint, kubernetes-validate)
+# (check-jsonschema with the Compose schema, hadolint, shellcheck, kubernetes-validate)
 # plus pykustomize, and promtool taken from Debian's prometheus package.
 # Everything lives under .local/, so a rerun is offline once installed.
 CHORUS_DEPLOY_VENV=$CHORUS_ROOT/.local/venv
