@@ -160,6 +160,29 @@ async fn check_redis(state: &AppState) -> Result<(), StartupError> {
     // `NodeTasks`).
     let mut conn = state.redis.connection().await.map_err(fail)?;
     deadpool_redis::redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| fail(e.to_string()))?;
+    if let Some(partitions) = state.redis.names.partitions() {
+        // Nodes that spread names over different partitions stop hearing each other without an
+        // error: the first node records its count, and a node with another one does not start.
+        let key = format!("{}meta:partitions", state.redis.names.prefix());
+        let _: Option<String> = deadpool_redis::redis::cmd("SET")
+            .arg(&key)
+            .arg(partitions)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let recorded: Option<u16> = deadpool_redis::redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if let Some(recorded) = recorded.filter(|recorded| *recorded != partitions) {
+            return Err(StartupError(format!(
+                "CHORUS_REDIS_PARTITIONS is {partitions}, but the nodes of this deployment use {recorded}: set the \
+                 same on every node (to change it, stop every node, then delete the Redis key {key})"
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -215,6 +215,14 @@ async fn cluster_mode_delivers_across_nodes_in_order_for_rooms_on_every_primary(
     // Presence works across slots: Bob sees Alice online.
     let reply = receiver.request("presence", json!({"user_ids": [alice.id]})).await;
     assert_eq!(reply["result"][0]["online"], json!(true), "{reply}");
+    // A node that would spread names differently does not start.
+    let mut other = test_settings(&nodes[0].database_url);
+    other.redis_mode = RedisMode::Cluster;
+    other.redis_url = cluster.url();
+    other.redis_prefix = nodes[0].redis_prefix.clone();
+    other.redis_partitions = PARTITIONS * 2;
+    let refused = chorus::startup::Application::build(other).await.err().expect("refused").to_string();
+    assert!(refused.contains("CHORUS_REDIS_PARTITIONS is 32, but the nodes of this deployment use 16"), "{refused}");
 }
 
 fn partition(id: Uuid) -> u16 {
