@@ -300,6 +300,21 @@ impl Subscriber {
         }
     }
 
+    /// Hands a payload to the hub; false once the hub is gone (the node is shutting down).
+    fn forward(&self, payload: &[u8], channel: &str) -> bool {
+        match Envelope::decode(payload) {
+            Some(envelope) => {
+                let transit = (unix_us() - envelope.header.at_us).max(0) as f64 / 1e6;
+                self.metrics.bus_transit_seconds.observe(transit);
+                self.events.send(BusEvent::Message(envelope)).is_ok()
+            }
+            None => {
+                tracing::warn!(channel, "undecodable bus payload dropped");
+                true
+            }
+        }
+    }
+
     fn apply_offline(&mut self, command: Command) {
         match command {
             Command::Subscribe(channels, ack) => {
@@ -354,15 +369,8 @@ impl Subscriber {
                 _ = moves.changed() => return Err("the Redis primary moved".into()),
                 message = stream.next() => {
                     let Some(message) = message else { return Err("pub/sub stream ended".into()) };
-                    match Envelope::decode(message.get_payload_bytes()) {
-                        Some(envelope) => {
-                            let transit = (unix_us() - envelope.header.at_us).max(0) as f64 / 1e6;
-                            self.metrics.bus_transit_seconds.observe(transit);
-                            if self.events.send(BusEvent::Message(envelope)).is_err() {
-                                return Ok(());
-                            }
-                        }
-                        None => tracing::warn!(channel = message.get_channel_name(), "undecodable bus payload dropped"),
+                    if !self.forward(message.get_payload_bytes(), message.get_channel_name()) {
+                        return Ok(());
                     }
                 }
                 command = self.commands.recv() => {
@@ -474,15 +482,8 @@ impl Subscriber {
                                 redis::Value::BulkString(bytes) => Some(bytes.as_slice()),
                                 _ => None,
                             });
-                            match payload.and_then(Envelope::decode) {
-                                Some(envelope) => {
-                                    let transit = (unix_us() - envelope.header.at_us).max(0) as f64 / 1e6;
-                                    self.metrics.bus_transit_seconds.observe(transit);
-                                    if self.events.send(BusEvent::Message(envelope)).is_err() {
-                                        return Ok(());
-                                    }
-                                }
-                                None => tracing::warn!("undecodable sharded bus payload dropped"),
+                            if !self.forward(payload.unwrap_or_default(), "(sharded)") {
+                                return Ok(());
                             }
                         }
                         redis::PushKind::SUnsubscribe => {

@@ -23,6 +23,7 @@ use crate::hub::Outbound;
 use crate::protocol::socketio::out;
 use crate::protocol::ws::{ErrorEvent, ReplyData, ServerEvent};
 use crate::session::Outbox;
+use crate::ws::wire::{register, wake};
 
 /// Most packets one long-polling response or one turn of the WebSocket body takes from the hub's
 /// queue; the rest wait for the next one.
@@ -72,18 +73,6 @@ struct Shared {
     prober: Option<Waker>,
     /// The engine's task, waiting for `flushed` or `gone`.
     session: Option<Waker>,
-}
-
-fn wake(slot: &mut Option<Waker>) {
-    if let Some(waker) = slot.take() {
-        waker.wake();
-    }
-}
-
-fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
-    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-        *slot = Some(cx.waker().clone());
-    }
 }
 
 /// What one read of the pipe gives a transport.

@@ -54,13 +54,13 @@ struct Shared {
     session: Option<Waker>,
 }
 
-fn wake(slot: &mut Option<Waker>) {
+pub(crate) fn wake(slot: &mut Option<Waker>) {
     if let Some(waker) = slot.take() {
         waker.wake();
     }
 }
 
-fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+pub(crate) fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
         *slot = Some(cx.waker().clone());
     }

@@ -303,3 +303,23 @@ pub fn signal(child: &std::process::Child, signal: &str) {
     let status = std::process::Command::new("kill").args([format!("-{signal}"), child.id().to_string()]).status();
     assert!(status.is_ok_and(|s| s.success()), "kill -{signal}");
 }
+
+/// `redis-cli -p PORT ARGS…`, its standard output (for tests that run their own Redis servers).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `check` holds, failing the test after `wait`.
+pub async fn eventually(what: &str, wait: Duration, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {wait:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -12,23 +12,10 @@ use chorus::config::RedisMode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::clients::{free_port, spawn_cluster, WsClient};
+use crate::clients::{eventually, free_port, redis_cli as cli, spawn_cluster, WsClient};
 use crate::helpers::*;
 
 const PARTITIONS: u16 = 16;
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn eventually(what: &str, wait: Duration, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + wait;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {wait:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A port whose cluster bus port (+10000) is free as well, below 55535.
 fn cluster_port() -> u16 {
