@@ -38,7 +38,8 @@ impl Sentinels {
         {
             let child = Command::new(redis_server())
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--repl-diskless-sync-delay", "0"])
+                // A replica's full sync writes an RDB file into the working directory: keep it there.
+                .args(["--repl-diskless-sync-delay", "0", "--dir", &dir.display().to_string()])
                 .args(&extra)
                 .stdout(Stdio::null())
                 .spawn()
