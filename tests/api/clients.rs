@@ -211,8 +211,41 @@ impl Drop for NodeProcess {
     }
 }
 
+/// A loopback port for a child process (a node, a redis-server) that no other test of this run was
+/// handed. Ports come from below the kernel's ephemeral range (32768 and up), so the port is not
+/// given to an outgoing connection between the check and the child's bind, and never twice in one
+/// run, so two tests starting servers at once cannot both be told the same one (a cluster test once
+/// found another test's Redis on "its" port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    reserve_port(20_000..32_000, 0)
+}
+
+/// A port whose Redis Cluster bus port (`port + 10000`) is free and unhanded as well; both stay
+/// below the ephemeral range.
+pub fn free_cluster_port() -> u16 {
+    reserve_port(10_000..20_000, 10_000)
+}
+
+fn reserve_port(range: std::ops::Range<u16>, bus_offset: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let bindable = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let width = u32::from(range.end - range.start);
+    // Start where the process id says, so two test binaries running at once begin apart.
+    let start = std::process::id() % width;
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..width {
+        let port = range.start + ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % width) as u16;
+        let ports = [port, port + bus_offset];
+        if ports.iter().any(|p| handed_out.contains(p)) || !ports.iter().all(|p| bindable(*p)) {
+            continue;
+        }
+        handed_out.extend(ports);
+        return port;
+    }
+    panic!("no free loopback port in {range:?}")
 }
 
 /// Starts `chorus` as a child process on a free port and waits for `/readyz`.

@@ -12,20 +12,10 @@ use chorus::config::RedisMode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::clients::{eventually, free_port, redis_cli as cli, spawn_cluster, WsClient};
+use crate::clients::{eventually, free_cluster_port, redis_cli as cli, spawn_cluster, WsClient};
 use crate::helpers::*;
 
 const PARTITIONS: u16 = 16;
-
-/// A port whose cluster bus port (+10000) is free as well, below 55535.
-fn cluster_port() -> u16 {
-    loop {
-        let port = free_port();
-        if port < 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
-            return port;
-        }
-    }
-}
 
 struct RedisCluster {
     dir: PathBuf,
@@ -39,7 +29,7 @@ impl RedisCluster {
         let binary = std::env::var("CHORUS_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let port = cluster_port();
+            let port = free_cluster_port();
             let conf = dir.join(format!("nodes-{port}.conf"));
             let child = Command::new(&binary)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
@@ -51,10 +41,13 @@ impl RedisCluster {
                 .expect("redis-server starts (install it with script/bootstrap)");
             nodes.push((port, Some(child)));
         }
-        for (port, _) in &nodes {
+        for (port, child) in &mut nodes {
             let port = *port;
             eventually("redis-server listening", Duration::from_secs(10), || cli(port, &["ping"]).contains("PONG"))
                 .await;
+            // The answer must come from our own server, not from one that held the port first.
+            let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "redis-server on {port} exited ({exited:?}): port taken?");
         }
         let addresses: Vec<String> = nodes.iter().map(|(port, _)| format!("127.0.0.1:{port}")).collect();
         let out = Command::new("redis-cli")
