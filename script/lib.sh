@@ -256,8 +256,12 @@ start_private_postgres() {
 
 	# Speed over durability: these instances are thrown away. pg_ctl hands the
 	# -o string to /bin/sh, hence the inner quotes around the socket path.
+	# CHORUS_PG_DURABLE=1 keeps PostgreSQL's own defaults (fsync, synchronous_commit
+	# and full_page_writes on): loadtest/compare's dm scenarios measure commits.
 	local opts="-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='$sock'"
-	opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+	if [[ ${CHORUS_PG_DURABLE:-0} != 1 ]]; then
+		opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+	fi
 	opts+=" -c max_connections=300 -c timezone=UTC"
 	chorus_log "starting PostgreSQL on 127.0.0.1:$port (log: $inst/log)"
 	if ! _pg_as_owner "$bin/pg_ctl" -D "$inst/data" -l "$inst/log" -o "$opts" -w -t 60 start >/dev/null; then
