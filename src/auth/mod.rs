@@ -40,6 +40,37 @@ pub fn query_token(req: &HttpRequest) -> Option<String> {
     web::Query::<TokenQuery>::from_query(req.query_string()).ok().and_then(|q| q.into_inner().token)
 }
 
+/// The WebSocket subprotocol a browser offers beside [`SUBPROTOCOL_TOKEN_PREFIX`]`<token>`, and the one
+/// the upgrade selects: a browser fails the connection unless the server echoes one it offered, and
+/// the server must never echo the token.
+pub const SUBPROTOCOL: &str = "chorus.v1";
+/// `Sec-WebSocket-Protocol: chorus.v1, chorus.bearer.<access token>`: how a browser hands the
+/// upgrade its token without putting it in the URL (a JWT is base64url with dots: valid there).
+pub const SUBPROTOCOL_TOKEN_PREFIX: &str = "chorus.bearer.";
+
+/// What the upgrade's `Sec-WebSocket-Protocol` offers: the token, if one rides there, and whether
+/// [`SUBPROTOCOL`] is offered (then the response must select it).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OfferedProtocols {
+    pub token: Option<String>,
+    pub chorus: bool,
+}
+
+pub fn offered_protocols(req: &HttpRequest) -> OfferedProtocols {
+    let mut offered = OfferedProtocols::default();
+    let values = req.headers().get_all(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL);
+    for protocol in values.filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim) {
+        if protocol == SUBPROTOCOL {
+            offered.chorus = true;
+        } else if let Some(token) = protocol.strip_prefix(SUBPROTOCOL_TOKEN_PREFIX) {
+            if offered.token.is_none() && !token.is_empty() {
+                offered.token = Some(token.to_owned());
+            }
+        }
+    }
+    offered
+}
+
 #[derive(serde::Deserialize)]
 struct TokenQuery {
     token: Option<String>,

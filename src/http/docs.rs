@@ -80,8 +80,7 @@ impl Modify for BearerAuth {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(OpenApiJson::default()))
         .service(web::resource("/api/openapi.json").route(web::get().to(openapi_json)))
-        .service(web::resource("/docs").route(web::get().to(docs_page)))
-        .service(web::resource("/").route(web::get().to(chat_page)));
+        .service(web::resource("/docs").route(web::get().to(docs_page)));
 }
 
 /// The document as this node serves it: the annotations, plus what depends on the node's settings
@@ -111,11 +110,6 @@ struct OpenApiJson(std::sync::OnceLock<String>);
 async fn openapi_json(spec: web::Data<OpenApiJson>, state: web::Data<AppState>) -> HttpResponse {
     let body = spec.0.get_or_init(|| document(state.settings.max_message_bytes).to_string());
     HttpResponse::Ok().content_type("application/json").body(body.clone())
-}
-
-/// A small browser chat client: open two tabs on different nodes and talk.
-async fn chat_page() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("chat.html"))
 }
 
 async fn docs_page() -> HttpResponse {

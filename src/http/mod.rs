@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod bans;
+pub mod client;
 pub mod docs;
 pub mod extract;
 pub mod health;
@@ -33,6 +34,7 @@ pub fn configure(max_body: usize) -> impl FnOnce(&mut web::ServiceConfig) {
                     .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
                     .configure(health::routes)
                     .configure(docs::routes)
+                    .configure(client::routes)
                     .configure(crate::sio::routes)
                     .service(
                         web::scope("/api/v1")

@@ -6,7 +6,7 @@ pub(crate) mod wire;
 use actix_http::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::auth::{bearer_token, query_token};
+use crate::auth::{bearer_token, offered_protocols, query_token, SUBPROTOCOL, SUBPROTOCOL_TOKEN_PREFIX};
 use crate::error::ApiError;
 use crate::hub::WorkerId;
 use crate::service::accounts;
@@ -25,10 +25,22 @@ async fn upgrade(
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::Unavailable("this node is draining".into()));
     }
-    // Authenticate before upgrading, so a bad token is a plain 401 the client can read.
-    let token = bearer_token(&req).or_else(|| query_token(&req)).ok_or(ApiError::Unauthenticated)?;
+    // Authenticate before upgrading, so a bad token is a plain 401 the client can read. Browsers
+    // cannot set `Authorization` on an upgrade: they offer the token as a subprotocol (kept out of
+    // URLs and so out of logs) or, as older clients do, in `?token=`.
+    let offered = offered_protocols(&req);
+    if offered.token.is_some() && !offered.chorus {
+        return Err(ApiError::field(
+            "Sec-WebSocket-Protocol",
+            format!("offer {SUBPROTOCOL} beside {SUBPROTOCOL_TOKEN_PREFIX}<token>: the server selects {SUBPROTOCOL}"),
+        ));
+    }
+    let token = bearer_token(&req).or(offered.token).or_else(|| query_token(&req)).ok_or(ApiError::Unauthenticated)?;
     let user = accounts::authenticate(&state, &token)?;
     let mut response = actix_http::ws::handshake(req.head()).map_err(|e| ApiError::field("upgrade", e.to_string()))?;
+    if offered.chorus {
+        response.insert_header((actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
+    }
     let (queue, queued) = tokio::sync::mpsc::channel(state.settings.ws_queue);
     let (out, body) = wire::pair(queued);
     // A frame or fragmented message over the cap closes the socket (1009) on its header, before
