@@ -4,6 +4,7 @@
 //! a 60-second steady test against `script/server`'s cluster.
 
 mod client;
+mod dm;
 mod plot;
 mod procfs;
 mod setup;
@@ -39,6 +40,11 @@ enum Scenario {
     Burst,
     /// Users disconnect and reconnect while chatting; nothing may be lost.
     Churn,
+    /// Direct messages: rooms of 2, every user sending; raise the rate step by step and find the
+    /// highest acknowledged, persisted messages/s whose ack and delivery p99 stay under the bound.
+    Dm,
+    /// As `dm` with rooms of 5 (small groups).
+    Small,
 }
 
 #[derive(Debug, Clone, Parser, Serialize)]
@@ -68,10 +74,11 @@ struct Args {
     /// Messages per second, all rooms together. Default per scenario.
     #[arg(long)]
     rate: Option<f64>,
-    /// Fanout: the rates to step through.
-    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,800,1600,3200")]
+    /// Fanout, dm, small: the rates to step through (default: fanout 50,100,200,400,800,1600,3200;
+    /// dm and small 250,500,1000,1500,2000,2500,3000,4000,5000,6000).
+    #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
-    /// Fanout: seconds per step.
+    /// Fanout, dm, small: seconds per step.
     #[arg(long, default_value_t = 10)]
     step_secs: u64,
     /// Fanout: the p99 bound in ms.
@@ -98,6 +105,10 @@ struct Args {
     /// Redis process id (its CPU counts towards the server side).
     #[arg(long)]
     redis_pid: Option<u32>,
+    /// dm, small: PostgreSQL's postmaster pid (its CPU and its children's). Default: the parent of
+    /// the generator's own backend, when PostgreSQL runs on this machine.
+    #[arg(long)]
+    postgres_pid: Option<u32>,
     /// Name for this run in the report.
     #[arg(long, default_value = "chorus")]
     label: String,
@@ -108,6 +119,9 @@ struct Args {
     #[arg(long)]
     plot: Option<PathBuf>,
 }
+
+/// The rates `fanout` steps through unless `--rates` says otherwise (messages/s).
+const FANOUT_RATES: &[f64] = &[50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0];
 
 struct Defaults {
     connections: usize,
@@ -123,6 +137,8 @@ fn defaults(s: Scenario) -> Defaults {
         Scenario::Connections => Defaults { connections: 15000, room_size: 50, rate: 0.0, duration: 30 },
         Scenario::Burst => Defaults { connections: 1000, room_size: 1000, rate: 20.0, duration: 20 },
         Scenario::Churn => Defaults { connections: 200, room_size: 20, rate: 50.0, duration: 30 },
+        Scenario::Dm => Defaults { connections: 2000, room_size: 2, rate: 0.0, duration: 0 },
+        Scenario::Small => Defaults { connections: 2000, room_size: 5, rate: 0.0, duration: 0 },
     }
 }
 
@@ -136,6 +152,8 @@ struct Step {
     errors: u64,
     server_cpu_s: f64,
     cpu_s_per_million_deliveries: Option<f64>,
+    /// The generator's CPU as a share of the cores it may run on (≥ 0.9: bounded by the generator).
+    generator_cpu_share: f64,
     within_bound: bool,
 }
 
@@ -167,11 +185,17 @@ struct Report {
     server_cpu_s: f64,
     redis_cpu_s: f64,
     cpu_s_per_million_deliveries: Option<f64>,
+    /// The generator's own CPU over the load phase, and as a share of the cores it may run on.
+    generator_cpu_s: f64,
+    generator_cpu_share: f64,
     server_rss_kib_before: Vec<u64>,
     server_rss_kib_after: Vec<u64>,
     rss_kib_per_connection: Option<f64>,
     steps: Vec<Step>,
     best_rate_within_bound: Option<f64>,
+    /// dm, small: the rate ladder with CPU per component and PostgreSQL transactions per message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dm: Option<dm::Ladder>,
     timeline: Vec<Second>,
 }
 
@@ -185,6 +209,11 @@ struct Fleet {
     tasks: JoinSet<(usize, Option<i64>)>,
     rooms: Vec<Uuid>,
     room_of: Vec<usize>,
+}
+
+/// The cores the generator may run on (its affinity: `taskset` in compare's BENCH_PIN mode).
+fn generator_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 fn server_cpu(args: &Args) -> (f64, f64) {
@@ -361,12 +390,15 @@ async fn run(args: &mut Args) -> Result<(), String> {
     });
     let delivered_before = stats.counters.delivered.load(Ordering::Relaxed);
     let (cpu0, redis0) = server_cpu(args);
+    let generator0 = procfs::own_cpu();
     let started = Instant::now();
     let mut steps = Vec::new();
     let mut rss_after = Vec::new();
+    let mut ladder = None;
     match args.scenario {
         Scenario::Fanout => {
-            for &step_rate in &args.rates.clone() {
+            let rates = if args.rates.is_empty() { FANOUT_RATES.to_vec() } else { args.rates.clone() };
+            for &step_rate in &rates {
                 let before = stats.latency.lock().map(|h| h.clone()).map_err(|_| "lock")?;
                 let (delivered0, sent0, drops0) = (
                     stats.counters.delivered.load(Ordering::Relaxed),
@@ -375,12 +407,14 @@ async fn run(args: &mut Args) -> Result<(), String> {
                 );
                 let errors0 = stats.counters.send_errors.load(Ordering::Relaxed);
                 let (c0, r0) = server_cpu(args);
+                let g0 = procfs::own_cpu();
                 let t0 = Instant::now();
                 drive(&fleet, step_rate, args.step_secs as f64).await;
                 // Deliveries of the step's last messages land shortly after.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let elapsed = t0.elapsed().as_secs_f64();
                 let (c1, r1) = server_cpu(args);
+                let generator_cpu_share = (procfs::own_cpu() - g0) / elapsed / generator_cores();
                 let mut window = stats.latency.lock().map(|h| h.clone()).map_err(|_| "lock")?;
                 let _ = window.subtract(&before);
                 let delivered = stats.counters.delivered.load(Ordering::Relaxed) - delivered0;
@@ -405,12 +439,17 @@ async fn run(args: &mut Args) -> Result<(), String> {
                     server_cpu_s: cpu,
                     cpu_s_per_million_deliveries: (delivered > 0 && !args.server_pids.is_empty())
                         .then(|| cpu / delivered as f64 * 1e6),
+                    generator_cpu_share,
                     within_bound: within,
                 });
                 if !within {
                     break;
                 }
             }
+        }
+        Scenario::Dm | Scenario::Small => {
+            let rates = if args.rates.is_empty() { dm::DEFAULT_RATES.to_vec() } else { args.rates.clone() };
+            ladder = Some(dm::ladder(args, &fleet, &stats, &rates).await?);
         }
         Scenario::Connections => {
             drive(&fleet, 0.0, duration as f64).await;
@@ -420,6 +459,7 @@ async fn run(args: &mut Args) -> Result<(), String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu1, redis1) = server_cpu(args);
+    let generator_cpu_s = procfs::own_cpu() - generator0;
     if rss_after.is_empty() {
         rss_after = args.server_pids.iter().filter_map(|p| procfs::rss_kib(*p)).collect();
     }
@@ -439,7 +479,8 @@ async fn run(args: &mut Args) -> Result<(), String> {
         .iter()
         .filter(|s| s.within_bound)
         .map(|s| s.rate)
-        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))
+        .or_else(|| ladder.as_ref().and_then(|l| l.best.as_ref()).map(|s| s.rate));
     let report = Report {
         label: args.label.clone(),
         scenario: args.scenario,
@@ -468,11 +509,14 @@ async fn run(args: &mut Args) -> Result<(), String> {
         redis_cpu_s,
         cpu_s_per_million_deliveries: (delivered > 0 && !args.server_pids.is_empty())
             .then(|| (server_cpu_s + redis_cpu_s) / delivered as f64 * 1e6),
+        generator_cpu_s,
+        generator_cpu_share: generator_cpu_s / elapsed.max(1e-9) / generator_cores(),
         server_rss_kib_before: rss_before,
         server_rss_kib_after: rss_after,
         rss_kib_per_connection: rss_per_conn,
         steps,
         best_rate_within_bound: best,
+        dm: ladder,
         timeline: stats.timeline.lock().map(|t| t.clone()).unwrap_or_default(),
     };
     print_summary(&report);
@@ -523,6 +567,7 @@ fn print_summary(r: &Report) {
         ("ack p50/p99", format!("{:.2} / {:.2} ms", r.ack_latency.p50_ms, r.ack_latency.p99_ms)),
         ("connect p50/p99", format!("{:.2} / {:.2} ms", r.connect_time.p50_ms, r.connect_time.p99_ms)),
         ("server CPU (nodes + redis)", format!("{:.2} + {:.2} s", r.server_cpu_s, r.redis_cpu_s)),
+        ("generator CPU", format!("{:.2} s ({:.0}% of its cores)", r.generator_cpu_s, r.generator_cpu_share * 100.0)),
     ];
     for (k, v) in rows {
         println!("| {k} | {v} |");
@@ -535,5 +580,8 @@ fn print_summary(r: &Report) {
     }
     if let Some(best) = r.best_rate_within_bound {
         println!("| best rate with p99 within bound | {best} msg/s |");
+    }
+    if let Some(ladder) = &r.dm {
+        dm::print_summary(ladder);
     }
 }
