@@ -145,6 +145,16 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
 
+    /// Group commit: how many batches of sends may be written to PostgreSQL at once (each holds a
+    /// pooled connection while it writes). Must be below CHORUS_DB_POOL_SIZE.
+    #[arg(long, env = "CHORUS_SEND_WRITERS", default_value_t = 4)]
+    pub send_writers: usize,
+
+    /// Group commit: the most messages one batch (one statement, one transaction) may hold. 1 turns
+    /// batching off (every message in a transaction of its own).
+    #[arg(long, env = "CHORUS_SEND_BATCH_MAX", default_value_t = 128)]
+    pub send_batch_max: usize,
+
     /// How long a request waits for a pooled PostgreSQL connection before answering 503, in ms; also
     /// how long a Redis connection or reply may take.
     #[arg(long, env = "CHORUS_DB_POOL_TIMEOUT_MS", default_value_t = 5000)]
@@ -451,6 +461,15 @@ impl Settings {
         }
         if self.db_pool_size == 0 || self.redis_pool_size == 0 {
             return Err(ConfigError("CHORUS_DB_POOL_SIZE and CHORUS_REDIS_POOL_SIZE must be at least 1".into()));
+        }
+        if self.send_writers == 0 || self.send_writers >= self.db_pool_size {
+            return Err(ConfigError(
+                "CHORUS_SEND_WRITERS must be at least 1 and below CHORUS_DB_POOL_SIZE (the writers hold pooled connections)"
+                    .into(),
+            ));
+        }
+        if self.send_batch_max == 0 || self.send_batch_max > 10_000 {
+            return Err(ConfigError("CHORUS_SEND_BATCH_MAX must be between 1 and 10000".into()));
         }
         if self.access_token_ttl_s < 10 {
             return Err(ConfigError("CHORUS_ACCESS_TOKEN_TTL_S must be at least 10 seconds".into()));

@@ -93,6 +93,12 @@ metrics! {
     messages_received_total: IntCounter,
     /// Messages newly committed to PostgreSQL.
     messages_persisted_total: IntCounter,
+    /// Group commit: batches of sends written to PostgreSQL (one statement and one transaction each).
+    db_send_batches_total: IntCounter,
+    /// Group commit: messages in those batches (divided by the batches: the mean batch size).
+    db_send_batched_messages_total: IntCounter,
+    /// Group commit: messages waiting for a writer to take them into a batch.
+    db_send_queued: IntGauge,
     /// Frames queued to local sockets by the fan-out.
     fanout_frames_total: IntCounter,
     /// Events shed under backpressure (typing, presence) instead of being queued.
@@ -129,7 +135,7 @@ metrics! {
     db_pool_wait_seconds: Histogram,
     /// History pages going back, by where they were read (replica, primary: the replica lacked the seq or the membership, or failed).
     db_replica_reads_total: IntCounterVec["source"],
-    /// PostgreSQL query duration in seconds, by query (insert_message, read_messages, read_messages_replica, unreceived).
+    /// PostgreSQL query duration in seconds, by query (insert_message, insert_message_batch, read_messages, read_messages_replica, unreceived).
     db_query_duration_seconds: HistogramVec["query"],
     /// Requests refused by a per-user cost limit, by budget (send, room_create, direct_open, room_password).
     limited_total: IntCounterVec["budget"],

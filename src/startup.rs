@@ -29,7 +29,8 @@ pub struct StartupError(pub String);
 /// do nothing.
 fn start_node_tasks(state: &web::Data<AppState>) {
     let tasks = state.node_tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(NodeTasks { subscriber, hub }) = tasks {
+    if let Some(NodeTasks { subscriber, hub, group_commit }) = tasks {
+        group_commit.spawn();
         tokio::spawn(subscriber.run());
         tokio::spawn(state.redis.clone().follow_primary());
         hub.spawn(&state.hub);
@@ -67,6 +68,8 @@ pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
     let limits = crate::limits::Limits::new(&settings, bus.clone(), metrics.clone());
     let revocations = Arc::new(crate::revocations::Revocations::new(settings.access_token_ttl_s));
     let fanout = Fanout::new(bus, hub.clone());
+    let (group_commit, group_commit_tasks) =
+        db::group_commit::GroupCommit::new(db.clone(), metrics.clone(), settings.send_writers, settings.send_batch_max);
     let settings_rate = settings.auth_rate_per_min;
     Ok(AppState {
         settings: Arc::new(settings),
@@ -78,12 +81,17 @@ pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
         metrics,
         hub,
         fanout,
+        group_commit,
         auth_limiter: crate::ratelimit::RateLimiter::per_minute(settings_rate),
         limits,
         revocations,
         draining: Default::default(),
         drain_started: Default::default(),
-        node_tasks: std::sync::Mutex::new(Some(NodeTasks { subscriber, hub: hub_tasks })),
+        node_tasks: std::sync::Mutex::new(Some(NodeTasks {
+            subscriber,
+            hub: hub_tasks,
+            group_commit: group_commit_tasks,
+        })),
     })
 }
 

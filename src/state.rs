@@ -28,6 +28,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Publishes events to every node.
     pub fanout: Fanout,
+    /// Writes sends to PostgreSQL in batches (group commit).
+    pub group_commit: crate::db::group_commit::GroupCommit,
     /// Brute-force brake on login, register and refresh.
     pub auth_limiter: crate::ratelimit::RateLimiter,
     /// Per-user cost limits, shared by every node through Redis.
@@ -53,6 +55,7 @@ pub struct AppState {
 pub(crate) struct NodeTasks {
     pub(crate) subscriber: crate::bus::Subscriber,
     pub(crate) hub: crate::hub::HubTasks,
+    pub(crate) group_commit: crate::db::group_commit::GroupCommitTasks,
 }
 
 impl AppState {

@@ -10,6 +10,9 @@ use super::models::{MemberRow, MessageRow};
 use super::schema::messages;
 use super::DbConn;
 
+/// The unique index that makes `(sender, client_msg_id)` idempotent.
+pub const IDEMPOTENCY_INDEX: &str = "messages_idempotency_unique";
+
 /// Allocates the room's next `seq`, stores the message and moves the sender's own cursors in one
 /// statement, so one round trip does it all. The UPDATE holds the room row's lock until commit: senders of one room serialize, seq
 /// order is commit order, and a failed insert rolls the increment back (no gaps). Returns `None`
@@ -76,6 +79,115 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertNext<'_> {
         out.push_sql(" AND room_members.user_id = ");
         out.push_bind_param::<SqlUuid, _>(&self.sender_id)?;
         out.push_sql(") SELECT * FROM stored");
+        Ok(())
+    }
+}
+
+/// One message of a batch for [`insert_batch`].
+pub struct NewMessage<'a> {
+    pub room_id: Uuid,
+    pub sender_id: Uuid,
+    pub content: &'a str,
+    pub client_msg_id: Option<&'a str>,
+}
+
+/// A row [`insert_batch`] stored, with the position (0-based) of its input.
+#[derive(QueryableByName)]
+pub struct StoredInBatch {
+    #[diesel(sql_type = BigInt)]
+    ord: i64,
+    #[diesel(embed)]
+    pub row: MessageRow,
+}
+
+impl StoredInBatch {
+    pub fn index(&self) -> usize {
+        usize::try_from(self.ord - 1).unwrap_or(usize::MAX)
+    }
+}
+
+/// Stores several messages, of one room or many, in one statement (group commit): per room, each
+/// accepted message takes the next `seq` in input order, so several messages of one room in one
+/// batch stay gap-free and in order. A message is left out, without failing the rest, when its
+/// room is gone, its sender is not a member, or its `(sender, client_msg_id)` is already stored;
+/// the caller tells those apart as a lone send does. Two inputs must not share a
+/// `(sender, client_msg_id)` (the caller merges them first), or the statement fails on the
+/// idempotency index; it also fails, as a whole and with nothing stored, when a concurrent
+/// transaction commits the same `(sender, client_msg_id)` first. The caller then sends one by one.
+///
+/// Locks: the rooms' rows are locked in id order before anything else is written, so two batches
+/// that share rooms wait for each other instead of deadlocking, and a lone send (one room) cannot
+/// close a cycle either. `FOR UPDATE` in READ COMMITTED returns each row's latest committed
+/// `last_seq`, which is where the batch's seqs start.
+pub async fn insert_batch(conn: &mut DbConn, batch: &[NewMessage<'_>]) -> Result<Vec<StoredInBatch>, Error> {
+    let query = InsertBatch {
+        ids: batch.iter().map(|_| Uuid::now_v7()).collect(),
+        room_ids: batch.iter().map(|m| m.room_id).collect(),
+        sender_ids: batch.iter().map(|m| m.sender_id).collect(),
+        contents: batch.iter().map(|m| m.content).collect(),
+        client_msg_ids: batch.iter().map(|m| m.client_msg_id).collect(),
+    };
+    query.load(conn).await
+}
+
+/// The statement behind [`insert_batch`]: the inputs travel as five arrays, so the text is the
+/// same for every batch size and is prepared once per connection.
+struct InsertBatch<'a> {
+    ids: Vec<Uuid>,
+    room_ids: Vec<Uuid>,
+    sender_ids: Vec<Uuid>,
+    contents: Vec<&'a str>,
+    client_msg_ids: Vec<Option<&'a str>>,
+}
+
+super::prepared_statement!(InsertBatch<'_>, InsertBatchStatement);
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for InsertBatch<'_> {
+    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        use diesel::sql_types::Array;
+        out.push_sql("WITH input AS (SELECT * FROM unnest(");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.room_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.sender_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.contents)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.client_msg_ids)?;
+        // ORDER BY before FOR UPDATE: PostgreSQL sorts, then locks row by row in that order. The
+        // window numbers each room's accepted messages after the filters, so a message left out
+        // takes no seq.
+        out.push_sql(
+            ") WITH ORDINALITY AS i (id, room_id, sender_id, content, client_msg_id, ord)),
+             locked AS (
+                 SELECT id, last_seq FROM rooms
+                 WHERE id IN (SELECT room_id FROM input) AND deleted_at IS NULL
+                 ORDER BY id FOR UPDATE),
+             accepted AS (
+                 SELECT i.id, i.room_id, i.sender_id, i.content, i.client_msg_id, i.ord,
+                        l.last_seq + row_number() OVER (PARTITION BY i.room_id ORDER BY i.ord) AS seq
+                 FROM input i JOIN locked l ON l.id = i.room_id
+                 WHERE EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = i.room_id AND m.user_id = i.sender_id)
+                   AND (i.client_msg_id IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM messages x WHERE x.sender_id = i.sender_id AND x.client_msg_id = i.client_msg_id))),
+             bumped AS (
+                 UPDATE rooms SET last_seq = top.seq
+                 FROM (SELECT room_id, max(seq) AS seq FROM accepted GROUP BY room_id) top
+                 WHERE rooms.id = top.room_id),
+             stored AS (
+                 INSERT INTO messages (id, room_id, seq, sender_id, content, client_msg_id)
+                 SELECT id, room_id, seq, sender_id, content, client_msg_id FROM accepted ORDER BY room_id, seq
+                 RETURNING id, room_id, seq, sender_id, content, client_msg_id, created_at, edited_at, deleted_at),
+             own_cursor AS (
+                 UPDATE room_members SET delivered_seq = GREATEST(delivered_seq, top.seq),
+                                         read_seq = GREATEST(read_seq, top.seq)
+                 FROM (SELECT room_id, sender_id, max(seq) AS seq FROM accepted GROUP BY room_id, sender_id) top
+                 WHERE room_members.room_id = top.room_id AND room_members.user_id = top.sender_id)
+             SELECT a.ord, s.id, s.room_id, s.seq, s.sender_id, s.content, s.client_msg_id,
+                    s.created_at, s.edited_at, s.deleted_at
+             FROM stored s JOIN accepted a ON a.id = s.id",
+        );
         Ok(())
     }
 }

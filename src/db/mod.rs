@@ -2,6 +2,7 @@
 //! `&mut DbConn` so they compose inside a transaction.
 
 pub mod bans;
+pub mod group_commit;
 pub mod messages;
 pub mod models;
 pub mod rooms;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
+use crate::db::group_commit::{Committed, NewSend};
 use crate::db::models::MessageRow;
 use crate::db::{self, is_unique_violation, DbConn};
 use crate::error::{ApiError, ApiResult, Missing};
@@ -12,8 +13,6 @@ use crate::protocol::{History, Message, Receipt, Role, Unreceived, UnreceivedRoo
 use crate::service::rooms::Access;
 use crate::state::AppState;
 use crate::validate::{self, Checks};
-
-const IDEMPOTENCY_INDEX: &str = "messages_idempotency_unique";
 
 /// A stored message and whether this call stored it (false: an idempotent retry found it).
 pub struct Sent {
@@ -33,35 +32,62 @@ pub async fn send(
     Checks::new().add(validate::client_msg_id(client_msg_id)).finish()?;
     // One budget per user, whichever transport and node the sends come through.
     state.limits.take(Budget::Send, sender, None).await?;
+    let send = NewSend {
+        room_id,
+        sender_id: sender,
+        content: content.to_owned(),
+        client_msg_id: client_msg_id.map(str::to_owned),
+    };
+    // The common case: stored in the node's next batch (group commit), one round trip for all of it.
+    let message = match state.group_commit.store(send).await? {
+        Committed::Stored(row) => Message::from(row),
+        Committed::Refused => return refused(state, sender, room_id, client_msg_id).await,
+        Committed::Alone => match store_alone(state, sender, room_id, content, client_msg_id).await? {
+            Some(message) => message,
+            None => return refused(state, sender, room_id, client_msg_id).await,
+        },
+    };
+    state.metrics.messages_persisted_total.inc();
+    // Persist, then publish: the caller's acknowledgement follows both.
+    state.fanout.message_created(&message).await;
+    Ok(Sent { message, created: true })
+}
+
+/// A message whose batch failed as a whole, in a transaction of its own. `None`: not stored, for one
+/// of the reasons a batch refuses a message.
+async fn store_alone(
+    state: &AppState,
+    sender: Uuid,
+    room_id: Uuid,
+    content: &str,
+    client_msg_id: Option<&str>,
+) -> ApiResult<Option<Message>> {
     let mut conn = state.db_conn().await?;
-    // The common case is one round trip; the lookups below run only when the insert did not happen.
     match state
         .timed("insert_message", db::messages::insert_next(&mut conn, room_id, sender, content, client_msg_id))
         .await
     {
-        Ok(Some(row)) => {
-            drop(conn);
-            state.metrics.messages_persisted_total.inc();
-            let message = Message::from(row);
-            // Persist, then publish: the caller's acknowledgement follows both.
-            state.fanout.message_created(&message).await;
-            Ok(Sent { message, created: true })
-        }
-        Ok(None) => {
-            // Not stored: say why, with the same 404/403 rules as every room route.
-            Access::load(&mut conn, room_id, sender, false).await?.member()?;
-            Err(ApiError::NotFound(Missing::Room))
-        }
-        Err(e) if is_unique_violation(&e, IDEMPOTENCY_INDEX) => {
-            let id = client_msg_id.unwrap_or_default();
-            let row = db::messages::by_client_msg_id(&mut conn, sender, id).await?.ok_or(ApiError::internal(e))?;
+        Ok(row) => Ok(row.map(Message::from)),
+        Err(e) if is_unique_violation(&e, db::messages::IDEMPOTENCY_INDEX) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Why a message was not stored, said as a lone send says it: the room is missing or the sender
+/// is not a member (the same 404/403 rules as every room route), or the `client_msg_id` was used
+/// before, which answers the stored message (an idempotent retry).
+async fn refused(state: &AppState, sender: Uuid, room_id: Uuid, client_msg_id: Option<&str>) -> ApiResult<Sent> {
+    let mut conn = state.db_conn().await?;
+    Access::load(&mut conn, room_id, sender, false).await?.member()?;
+    if let Some(id) = client_msg_id {
+        if let Some(row) = db::messages::by_client_msg_id(&mut conn, sender, id).await? {
             if row.room_id != room_id {
                 return Err(ApiError::field("client_msg_id", "was already used for a message in another room"));
             }
-            Ok(Sent { message: row.into(), created: false })
+            return Ok(Sent { message: row.into(), created: false });
         }
-        Err(e) => Err(e.into()),
     }
+    Err(ApiError::NotFound(Missing::Room))
 }
 
 /// Loads a message of a room the caller can see; deleted messages count as missing for edits.

@@ -7,6 +7,7 @@ mod helpers;
 
 mod accounts;
 mod cluster;
+mod group_commit;
 mod layers;
 mod messages;
 mod metrics;
