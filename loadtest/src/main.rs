@@ -3,6 +3,7 @@
 //! for every recipient, throughput, drops, acknowledgements and connect times. With no flags it runs
 //! a 60-second steady test against `script/server`'s cluster.
 
+mod chaos;
 mod client;
 mod dm;
 mod plot;
@@ -45,6 +46,9 @@ enum Scenario {
     Dm,
     /// As `dm` with rooms of 5 (small groups).
     Small,
+    /// Faults under load (node kill and drain, Redis and PostgreSQL restarts, a partition, a slow
+    /// consumer) on a `script/server` cluster, checking every acknowledged message (`chaos.rs`).
+    Chaos,
 }
 
 #[derive(Debug, Clone, Parser, Serialize)]
@@ -118,6 +122,8 @@ struct Args {
     /// Write SVG plots (latency over time, latency CDF) into this directory.
     #[arg(long)]
     plot: Option<PathBuf>,
+    #[command(flatten)]
+    chaos: chaos::ChaosArgs,
 }
 
 /// The rates `fanout` steps through unless `--rates` says otherwise (messages/s).
@@ -139,6 +145,7 @@ fn defaults(s: Scenario) -> Defaults {
         Scenario::Churn => Defaults { connections: 200, room_size: 20, rate: 50.0, duration: 30 },
         Scenario::Dm => Defaults { connections: 2000, room_size: 2, rate: 0.0, duration: 0 },
         Scenario::Small => Defaults { connections: 2000, room_size: 5, rate: 0.0, duration: 0 },
+        Scenario::Chaos => Defaults { connections: 1000, room_size: 50, rate: 200.0, duration: 0 },
     }
 }
 
@@ -356,6 +363,9 @@ async fn main() {
 }
 
 async fn run(args: &mut Args) -> Result<(), String> {
+    if args.scenario == Scenario::Chaos {
+        return chaos::run(args).await;
+    }
     let d = defaults(args.scenario);
     let connections = args.connections.unwrap_or(d.connections);
     let room_size = args.room_size.unwrap_or(d.room_size).min(connections.max(1));
