@@ -794,3 +794,122 @@ async fn membership_changes_whose_first_publish_fails_still_reach_the_other_node
     let leaked = bob_ws.quiet(Duration::from_millis(700), |v| v["event"] != "message").await;
     assert!(leaked.is_none(), "the removed member got {leaked:?}");
 }
+
+/// The upgrade's outcome for these offered subprotocols and this query string: the status, the
+/// subprotocol the server selected, and the first frame when it upgraded.
+async fn upgrade_with(app: &TestApp, protocols: &[&str], query: &str) -> (u16, Option<String>, Option<Value>) {
+    use awc::error::WsClientError;
+    use awc::ws::Frame;
+    use futures_util::StreamExt;
+    let url = format!("{}/api/v1/ws{query}", app.address.replace("http://", "ws://"));
+    let mut request = awc::Client::new().ws(url);
+    if !protocols.is_empty() {
+        request = request.protocols(protocols.iter().copied());
+    }
+    match request.connect().await {
+        Ok((res, mut framed)) => {
+            let selected = res.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let first = loop {
+                match tokio::time::timeout(WAIT, framed.next()).await.expect("a frame in time") {
+                    Some(Ok(Frame::Text(bytes))) => break serde_json::from_slice(&bytes).ok(),
+                    Some(Ok(Frame::Ping(_))) => continue,
+                    other => panic!("no first frame: {other:?}"),
+                }
+            };
+            (101, selected, first)
+        }
+        Err(WsClientError::InvalidResponseStatus(status)) => (status.as_u16(), None, None),
+        Err(other) => panic!("upgrade failed otherwise: {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn the_websocket_token_rides_in_a_subprotocol_and_stays_out_of_the_url() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let offered = format!("chorus.bearer.{}", alice.token);
+
+    // The token beside chorus.v1: upgraded as alice, and the server selects chorus.v1 (a browser
+    // fails a connection whose server selects none of what it offered), never echoing the token.
+    let (status, selected, ready) = upgrade_with(&app, &["chorus.v1", &offered], "").await;
+    assert_eq!(status, 101);
+    assert_eq!(selected.as_deref(), Some("chorus.v1"));
+    let ready = ready.expect("ready");
+    assert_eq!(ready["event"], "ready");
+    assert_eq!(ready["data"]["user"]["id"], alice.id.to_string());
+
+    // Without chorus.v1 there is nothing the server could select: refused, saying why.
+    let (status, _, _) = upgrade_with(&app, &[&offered], "").await;
+    assert_eq!(status, 400);
+    // A bad token in the subprotocol is a 401 like anywhere else.
+    let (status, _, _) = upgrade_with(&app, &["chorus.v1", "chorus.bearer.not-a-token"], "").await;
+    assert_eq!(status, 401);
+    // chorus.v1 alone carries no token.
+    let (status, _, _) = upgrade_with(&app, &["chorus.v1"], "").await;
+    assert_eq!(status, 401);
+    // Existing clients keep working: ?token= (and then no subprotocol is selected).
+    let (status, selected, ready) = upgrade_with(&app, &[], &format!("?token={}", alice.token)).await;
+    assert_eq!((status, selected), (101, None));
+    assert_eq!(ready.expect("ready")["event"], "ready");
+}
+
+#[actix_web::test]
+async fn the_chat_page_is_served_with_a_strict_policy_and_revalidates() {
+    let app = spawn_app().await;
+    let page = app.raw("GET", "/", &[], None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let csp = page.header("content-security-policy").expect("a Content-Security-Policy");
+    for directive in ["default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'"] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("cache-control"), Some("no-cache"));
+    assert!(!page.text.contains("<style"), "inline style in the page");
+
+    // HEAD answers like GET, without the body.
+    let head = app.raw("HEAD", "/", &[], None).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.text, "");
+    assert_eq!(head.header("etag"), page.header("etag"));
+    assert_eq!(head.header("content-security-policy"), Some(csp));
+
+    // Unchanged: 304 with no body; a stale tag gets the page.
+    let etag = page.header("etag").expect("an ETag");
+    let again = app.raw("GET", "/", &[("if-none-match", etag)], None).await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(again.text, "");
+    let stale = app.raw("GET", "/", &[("if-none-match", "\"stale\"")], None).await;
+    assert_eq!(stale.status, StatusCode::OK);
+
+    // Every script and stylesheet the page loads, and every module those import, is served as
+    // what it is, under the same policy.
+    let mut pending: Vec<String> = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in page.text.split(attr).skip(1) {
+            let path = part.split('"').next().unwrap_or_default();
+            if path.starts_with("/web/") {
+                pending.push(path.to_owned());
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some(path) = pending.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let file = app.raw("GET", &path, &[], None).await;
+        assert_eq!(file.status, StatusCode::OK, "{path}");
+        let kind = if path.ends_with(".css") { "text/css; charset=utf-8" } else { "text/javascript; charset=utf-8" };
+        assert_eq!(file.header("content-type"), Some(kind), "{path}");
+        assert_eq!(file.header("content-security-policy"), Some(csp), "{path}");
+        assert!(file.header("etag").is_some(), "{path}");
+        for part in file.text.split("from './").skip(1) {
+            pending.push(format!("/web/{}", part.split('\'').next().unwrap_or_default()));
+        }
+    }
+    assert!(seen.len() >= 5, "the page loads its stylesheet and modules: {seen:?}");
+    assert_eq!(app.raw("GET", "/web/nope.js", &[], None).await.status, StatusCode::NOT_FOUND);
+}
