@@ -313,8 +313,18 @@ def test_sends_are_paced_and_refused_ones_retried_in_order(run):
     rid = room_id(ann, room)
     t = token(ann)
     # Burst the per-user budget (shared by REST and sockets on every node) from "another device".
-    for i in range(30):
-        api(NODES[1], "POST", f"/rooms/{rid}/messages", t, {"content": f"elsewhere {i}"})
+    spent = False
+    for i in range(60):
+        req = urllib.request.Request(NODES[1] + f"/api/v1/rooms/{rid}/messages", method="POST",
+                                     data=json.dumps({"content": f"elsewhere {i}"}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": "Bearer " + t})
+        try:
+            urllib.request.urlopen(req, timeout=30).read()
+        except urllib.error.HTTPError as e:
+            assert e.code == 429, e.code
+            spent = True
+            break
+    assert spent, "the send budget was never spent: is CHORUS_SEND_BURST the phase's 30?"
     texts = [f"in order {i}" for i in range(8)]
     for text in texts:
         say(ann, text)
