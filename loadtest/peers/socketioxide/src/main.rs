@@ -409,7 +409,7 @@ async fn send<A: Adapter>(s: SocketRef<A>, Data(data): Data<Value>, ack: AckSend
                 if stored.room_id != m.room_id {
                     return Err(validation("client_msg_id was already used for a message in another room"));
                 }
-                return Ok(serde_json::to_value(stored).map_err(|e| ApiError::Internal(e.to_string()))?);
+                return serde_json::to_value(stored).map_err(|e| ApiError::Internal(e.to_string()));
             }
         };
         // No row: the room is gone or the sender was removed since join_rooms.
