@@ -23,6 +23,9 @@ pub const DEFAULT_RATES: &[f64] = &[250.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0
 /// idle one a second after its last transaction): before reading them, let the last step's settle.
 const PG_STATS_SETTLE: Duration = Duration::from_millis(1500);
 
+/// How long the servers' idle transaction rate is measured before the first step.
+const IDLE_BASELINE: Duration = Duration::from_secs(3);
+
 /// A step is "bounded by the generator" when the generator used at least this share of the CPUs it
 /// may run on: then the offered rate, not the server, set the limit.
 const GENERATOR_SATURATED: f64 = 0.9;
@@ -59,6 +62,9 @@ pub struct DmStep {
     /// `xact_commit + xact_rollback` of the database over the step (the generator's own readings taken out).
     pub pg_transactions: Option<i64>,
     pub pg_transactions_per_message: Option<f64>,
+    /// The same less what the servers commit when idle (`Ladder::idle_pg_transactions_per_s` over the
+    /// step's reading window): what the messages themselves cost.
+    pub pg_transactions_per_message_net: Option<f64>,
     /// The generator's CPU as a share of the cores it may run on.
     pub generator_cpu_share: f64,
     pub generator_saturated: bool,
@@ -77,6 +83,9 @@ pub struct Ladder {
     pub synchronous_commit: Option<String>,
     pub fsync: Option<String>,
     pub generator_cores: usize,
+    /// Transactions/s the servers commit with no load (upkeep: presence, sessions, autovacuum),
+    /// measured for a few seconds before the first step.
+    pub idle_pg_transactions_per_s: f64,
     pub steps: Vec<DmStep>,
     /// The best step within the bound (the highest rate before the first one over it).
     pub best: Option<DmStep>,
@@ -198,10 +207,19 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
     eprintln!(
         "dm ladder: postmaster {postgres_pid:?}, synchronous_commit {synchronous_commit:?}, fsync {fsync:?}, generator on {cores} core(s)"
     );
+    // What the servers commit with no load, to tell the messages' transactions from upkeep.
+    tokio::time::sleep(PG_STATS_SETTLE).await;
+    let (idle0, _) = meter(&mut conn, &fleet.rooms).await?;
+    let idle_started = Instant::now();
+    tokio::time::sleep(IDLE_BASELINE).await;
+    let (idle1, _) = meter(&mut conn, &fleet.rooms).await?;
+    let idle_per_s = ((idle1 - idle0 - 1).max(0)) as f64 / idle_started.elapsed().as_secs_f64();
+    eprintln!("dm ladder: idle PostgreSQL transactions/s {idle_per_s:.1}");
     let mut steps = Vec::new();
     for &rate in rates {
         tokio::time::sleep(PG_STATS_SETTLE).await;
         let (xacts0, stored0) = meter(&mut conn, &fleet.rooms).await?;
+        let metered = Instant::now();
         let before = read(args, stats, postgres_pid)?;
         crate::drive(fleet, rate, args.step_secs as f64).await;
         // The step's last acknowledgements and deliveries land shortly after.
@@ -209,10 +227,15 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
         let after = read(args, stats, postgres_pid)?;
         tokio::time::sleep(PG_STATS_SETTLE).await;
         let (xacts1, stored1) = meter(&mut conn, &fleet.rooms).await?;
-        let step = measure(args, rate, &before, &after, xacts1 - xacts0, stored1 - stored0, cores);
+        let idle = idle_per_s * metered.elapsed().as_secs_f64();
+        let mut step = measure(args, rate, &before, &after, xacts1 - xacts0, stored1 - stored0, cores);
+        step.pg_transactions_per_message_net = step
+            .pg_transactions
+            .filter(|_| stored1 > stored0)
+            .map(|t| (t as f64 - idle).max(0.0) / (stored1 - stored0) as f64);
         eprintln!(
             "step {rate} msg/s: acked/s {:.0}, persisted/s {:.0}, ack p99 {:.2} ms, delivery p99 {:.2} ms, \
-             CPU-s/M msgs nodes {} redis {} postgres {} generator {}, pg xacts/msg {}, generator {:.0}%{} -> {}",
+             CPU-s/M msgs nodes {} redis {} postgres {} generator {}, pg xacts/msg {} (less idle {}), generator {:.0}%{} -> {}",
             step.acked_per_s,
             step.persisted_per_s,
             step.ack_latency.p99_ms,
@@ -222,6 +245,7 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
             show(step.postgres_cpu_s_per_million),
             show(step.generator_cpu_s_per_million),
             step.pg_transactions_per_message.map_or("n/a".into(), |t| format!("{t:.3}")),
+            step.pg_transactions_per_message_net.map_or("n/a".into(), |t| format!("{t:.3}")),
             step.generator_cpu_share * 100.0,
             if step.generator_saturated { " (generator saturated)" } else { "" },
             if step.within_bound { "within bound" } else { "over bound" }
@@ -242,6 +266,7 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
         synchronous_commit,
         fsync,
         generator_cores: cores,
+        idle_pg_transactions_per_s: idle_per_s,
         steps,
         best,
     })
@@ -306,6 +331,7 @@ fn measure(args: &Args, rate: f64, a: &Reading, b: &Reading, xacts: i64, stored:
             .then(|| (nodes + redis) / delivered as f64 * 1e6),
         pg_transactions: Some(pg_transactions),
         pg_transactions_per_message: (stored > 0).then(|| pg_transactions as f64 / stored as f64),
+        pg_transactions_per_message_net: None,
         generator_cpu_share: share,
         generator_saturated: share >= GENERATOR_SATURATED,
         machine_busy,
@@ -329,8 +355,9 @@ pub fn print_summary(l: &Ladder) {
         show(b.generator_cpu_s_per_million)
     );
     println!(
-        "| dm: PostgreSQL transactions per message | {} |",
-        b.pg_transactions_per_message.map_or("n/a".into(), |t| format!("{t:.3}"))
+        "| dm: PostgreSQL transactions per message (less idle upkeep) | {} ({}) |",
+        b.pg_transactions_per_message.map_or("n/a".into(), |t| format!("{t:.3}")),
+        b.pg_transactions_per_message_net.map_or("n/a".into(), |t| format!("{t:.3}"))
     );
     if l.steps.iter().any(|s| s.generator_saturated) {
         println!("| dm: bounded by the generator | yes: its CPU was saturated in some step |");
