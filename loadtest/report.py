@@ -421,7 +421,10 @@ for scenario in scenarios:
         if ladder:
             w("")
             w(f"  PostgreSQL: synchronous_commit {ladder.get('synchronous_commit')}, fsync {ladder.get('fsync')}; "
-              f"the generator ran on {ladder.get('generator_cores')} core(s). Bound: {ladder.get('bound')}, "
+              f"the generator ran on {ladder.get('generator_cores')} core(s)"
+              + ("" if not ladder.get("cpus_allowed") else
+                 " (CPUs allowed: " + ", ".join(f"{who} {cpus}" for who, cpus in ladder["cpus_allowed"]) + ")")
+              + f". Bound: {ladder.get('bound')}, "
               f"≤ {ladder.get('p99_bound_ms'):g} ms. CPU-s per million persisted messages. Idle, the servers "
               f"committed {fmt(ladder.get('idle_pg_transactions_per_s'))} PostgreSQL transactions/s (taken out in "
               "the \"less idle\" column).")

@@ -83,6 +83,9 @@ pub struct Ladder {
     pub synchronous_commit: Option<String>,
     pub fsync: Option<String>,
     pub generator_cores: usize,
+    /// The CPUs each side may run on (`taskset` in compare's BENCH_PIN mode): the generator, the
+    /// postmaster, Redis, the nodes.
+    pub cpus_allowed: Vec<(String, String)>,
     /// Transactions/s the servers commit with no load (upkeep: presence, sessions, autovacuum),
     /// measured for a few seconds before the first step.
     pub idle_pg_transactions_per_s: f64,
@@ -204,6 +207,18 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
         eprintln!("PostgreSQL's processes are not on this machine (or not found): no PostgreSQL CPU");
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut cpus_allowed = vec![("generator".to_owned(), procfs::cpus_allowed(std::process::id()))];
+    cpus_allowed.push(("postgres".to_owned(), postgres_pid.and_then(procfs::cpus_allowed)));
+    cpus_allowed.push(("redis".to_owned(), args.redis_pid.and_then(procfs::cpus_allowed)));
+    for (i, pid) in args.server_pids.iter().enumerate() {
+        cpus_allowed.push((format!("node {}", i + 1), procfs::cpus_allowed(*pid)));
+    }
+    let cpus_allowed: Vec<(String, String)> =
+        cpus_allowed.into_iter().filter_map(|(who, cpus)| cpus.map(|c| (who, c))).collect();
+    eprintln!(
+        "dm ladder: CPUs allowed: {}",
+        cpus_allowed.iter().map(|(who, cpus)| format!("{who} {cpus}")).collect::<Vec<_>>().join(", ")
+    );
     eprintln!(
         "dm ladder: postmaster {postgres_pid:?}, synchronous_commit {synchronous_commit:?}, fsync {fsync:?}, generator on {cores} core(s)"
     );
@@ -266,6 +281,7 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
         synchronous_commit,
         fsync,
         generator_cores: cores,
+        cpus_allowed,
         idle_pg_transactions_per_s: idle_per_s,
         steps,
         best,

@@ -77,3 +77,9 @@ pub fn machine_jiffies() -> Option<(u64, u64)> {
     let idle = fields.get(3)? + fields.get(4)?;
     Some((total - idle, total))
 }
+
+/// The CPUs a process may run on (`Cpus_allowed_list`, e.g. `0-1`; `taskset` changes it).
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_owned())
+}
