@@ -192,6 +192,12 @@ def test_page_is_served_with_strict_headers(run):
         assert e.code == 304, e.code
     with urllib.request.urlopen(urllib.request.Request(LB + "/", method="HEAD"), timeout=10) as r:
         assert r.status == 200 and r.read() == b"" and r.headers["Content-Type"].startswith("text/html")
+    # The nodes serve this tree's client (a binary built from another checkout would not).
+    web = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "http", "web")
+    for name in sorted(os.listdir(web)):
+        with urllib.request.urlopen(NODES[0] + ("/" if name == "index.html" else "/web/" + name), timeout=10) as r:
+            with open(os.path.join(web, name), "rb") as f:
+                assert r.read() == f.read(), f"the node serves another {name} than src/http/web/{name}"
     # And the page runs under that policy with nothing refused (Run records violations).
     p = run.page(LB)
     expect(p.locator("#signin")).to_be_visible()
@@ -347,6 +353,38 @@ def test_offline_and_back_online(run):
     expect(exact(ann, "written offline")).to_have_count(1)
 
 
+def test_a_silent_connection_is_noticed_and_replaced(run):
+    """A half-open connection (frames stop in both directions, nothing closes) is dropped within the
+    ping deadline (5 s quiet + 5 s for the pong), and the page connects again."""
+    ann = run.user(NODES[0], unique("ann"))
+    sockets = []  # per routed socket: whether it has gone silent
+
+    def route(ws):
+        server = ws.connect_to_server()
+        silent = {"on": False}
+        sockets.append(silent)
+        ws.on_message(lambda m: None if silent["on"] else server.send(m))
+        server.on_message(lambda m: None if silent["on"] else ws.send(m))
+
+    ann.route_web_socket(re.compile(r".*/api/v1/ws$"), route)
+    ann.reload()
+    expect(ann.locator("#conn")).to_have_attribute("data-state", "online")
+    for socket in sockets:  # today's sockets go silent; the next one will work
+        socket["on"] = True
+    silenced = len(sockets)
+    started = time.monotonic()
+    # The reconnect can be quicker than a poll of the state: the notice stays for 8 s.
+    expect(ann.locator("#notice")).to_contain_text("stopped answering", timeout=20_000)
+    took = time.monotonic() - started
+    assert took < 11, f"a dead connection was shown connected for {took:.1f} s"
+    expect(ann.locator("#conn")).to_have_attribute("data-state", "online")
+    assert len(sockets) > silenced and not sockets[-1]["on"], "connected again, but not on a new socket"
+    say_to_self = unique("still here ")
+    create_room(ann, unique("alive"))
+    say(ann, say_to_self)
+    expect(ann.locator("#messages li.msg[data-state=sent] .body")).to_have_text([say_to_self])
+
+
 def test_private_room_members_and_direct_messages(run):
     """A private room with a member added by name, roles, removal; a direct conversation found by search."""
     ann = run.user(NODES[0], unique("ann"))
@@ -490,6 +528,7 @@ TESTS = [
     test_a_retried_send_is_stored_once,
     test_sends_are_paced_and_refused_ones_retried_in_order,
     test_offline_and_back_online,
+    test_a_silent_connection_is_noticed_and_replaced,
     test_private_room_members_and_direct_messages,
     test_narrow_screen,
     test_keyboard_and_labels,

@@ -3,8 +3,9 @@
 // tab is hidden, at once when the browser comes back online), and a dead connection noticed by an
 // application ping that gets no answer in time.
 
-const PING_EVERY_MS = 10000; // an application ping this often while connected...
+const PING_EVERY_MS = 5000; // an application ping after this long without a frame...
 const PONG_WITHIN_MS = 5000; // ...and nothing heard within this long after it: the connection is dead
+const READY_WITHIN_MS = 10000; // a connection that has not said `ready` by then is given up
 const STABLE_MS = 10000; // a session up this long resets the backoff
 
 export class Connection {
@@ -79,6 +80,8 @@ export class Connection {
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
     const ws = new WebSocket(`${scheme}${location.host}/api/v1/ws`, ['chorus.v1', 'chorus.bearer.' + this.session.token]);
     this.ws = ws;
+    // An upgrade that hangs (a black-holed address) or a socket that never says `ready`.
+    this.deadTimer = setTimeout(() => { if (this.ws === ws) this.closed(4000, 'no answer', true); }, READY_WITHIN_MS);
     ws.onmessage = (e) => {
       if (this.ws !== ws) return;
       this.heard();
