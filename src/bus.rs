@@ -136,6 +136,8 @@ pub struct Bus {
     /// rather than for every command. Replaced after an error, or when the primary moved (kept
     /// with the primary's generation it was made for).
     shared: Arc<tokio::sync::Mutex<Option<(u64, Conn)>>>,
+    /// When the last attempt to make that connection failed (see [`CONNECT_FAILED_QUIET`]).
+    connect_failed: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -161,7 +163,16 @@ impl Bus {
             connected: connected.clone(),
             metrics: metrics.clone(),
         };
-        (Bus { channels, redis, shared: Arc::default(), commands, connected, metrics }, subscriber, event_rx)
+        let bus = Bus {
+            channels,
+            redis,
+            shared: Arc::default(),
+            connect_failed: Arc::default(),
+            commands,
+            connected,
+            metrics,
+        };
+        (bus, subscriber, event_rx)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -214,9 +225,20 @@ impl Bus {
                 return Ok(conn.clone());
             }
         }
+        let failed_recently =
+            |failed: &Option<std::time::Instant>| failed.is_some_and(|at| at.elapsed() < CONNECT_FAILED_QUIET);
+        if failed_recently(&self.connect_failed.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Err("Redis unreachable (the last attempt to connect failed under a second ago)".into());
+        }
         // Boxed: connecting is a large future, and only this rare path needs it. Inline, it would make
         // every publish (and every command future that publishes) several KiB bigger.
-        let conn = Box::pin(self.redis.connection()).await?;
+        let conn = match Box::pin(self.redis.connection()).await {
+            Ok(conn) => conn,
+            Err(error) => {
+                *self.connect_failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+                return Err(error);
+            }
+        };
         *slot = Some((generation, conn.clone()));
         Ok(conn)
     }
@@ -254,6 +276,20 @@ impl Bus {
 /// catching up again once that window has passed delivers it without waiting for the room's next
 /// message.
 const CATCH_UP_AGAIN: Duration = Duration::from_millis(2500);
+
+/// How often the subscriber PINGs Redis on its pub/sub connection, and how long it waits for the
+/// answer before it counts the connection as lost: a partition is noticed within 5 s, and the node
+/// then serves in degraded mode (polling PostgreSQL) instead of hearing nothing.
+const PUBSUB_PING_EVERY: Duration = Duration::from_secs(2);
+const PUBSUB_PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A SUBSCRIBE or UNSUBSCRIBE that gets no answer in this time ends the connection (the bus task
+/// would otherwise wait on it, and every subscription request behind it).
+const PUBSUB_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a failed attempt to connect for commands, how long others fail at once instead of each
+/// waiting out the connect timeout in turn (they queue on the shared connection's lock: sends on a
+/// node cut off from Redis took the timeout once per send, one after the other).
+const CONNECT_FAILED_QUIET: Duration = Duration::from_secs(1);
 
 /// The one pub/sub connection of this node, reconnecting with backoff. [`Subscriber::run`] is its
 /// task; until it runs, (un)subscribe requests wait in its inbox.
@@ -345,8 +381,17 @@ impl Subscriber {
         let wanted: Vec<String> = self.wanted.iter().cloned().collect();
         // One SUBSCRIBE for everything, in chunks so a huge list stays a reasonable command.
         for chunk in wanted.chunks(1000) {
-            sink.subscribe(chunk).await.map_err(|e| e.to_string())?;
+            tokio::time::timeout(PUBSUB_COMMAND_TIMEOUT, sink.subscribe(chunk))
+                .await
+                .map_err(|_| "SUBSCRIBE timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
         }
+        // A subscriber only reads: over a connection whose peer is gone without a word (a network
+        // partition, a host that died), nothing ever fails, and the node would wait for messages
+        // forever while believing itself connected. A PING that is not answered in time ends it.
+        let mut heartbeat = tokio::time::interval(PUBSUB_PING_EVERY);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
         self.connected.store(true, Ordering::Relaxed);
         self.metrics.redis_connected.set(1);
         self.metrics.redis_reconnects_total.inc();
@@ -367,6 +412,13 @@ impl Subscriber {
                     }
                 }
                 _ = moves.changed() => return Err("the Redis primary moved".into()),
+                _ = heartbeat.tick() => {
+                    match tokio::time::timeout(PUBSUB_PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(format!("PING on the pub/sub connection failed: {e}")),
+                        Err(_) => return Err(format!("no answer to PING within {PUBSUB_PING_TIMEOUT:?}: Redis unreachable")),
+                    }
+                }
                 message = stream.next() => {
                     let Some(message) = message else { return Err("pub/sub stream ended".into()) };
                     if !self.forward(message.get_payload_bytes(), message.get_channel_name()) {
@@ -378,7 +430,8 @@ impl Subscriber {
                     match command {
                         Command::Subscribe(channels, ack) => {
                             let fresh: Vec<String> = channels.into_iter().filter(|c| self.wanted.insert(c.clone())).collect();
-                            let ok = if fresh.is_empty() { true } else { sink.subscribe(&fresh).await.is_ok() };
+                            let ok = fresh.is_empty()
+                                || matches!(tokio::time::timeout(PUBSUB_COMMAND_TIMEOUT, sink.subscribe(&fresh)).await, Ok(Ok(())));
                             let _ = ack.send(ok);
                             self.metrics.subscribed_channels.set(self.wanted.len() as i64);
                             if !ok {
@@ -388,7 +441,9 @@ impl Subscriber {
                         Command::Unsubscribe(channels) => {
                             let gone: Vec<String> = channels.into_iter().filter(|c| self.wanted.remove(c)).collect();
                             self.metrics.subscribed_channels.set(self.wanted.len() as i64);
-                            if !gone.is_empty() && sink.unsubscribe(&gone).await.is_err() {
+                            if !gone.is_empty()
+                                && !matches!(tokio::time::timeout(PUBSUB_COMMAND_TIMEOUT, sink.unsubscribe(&gone)).await, Ok(Ok(())))
+                            {
                                 return Err("UNSUBSCRIBE failed".into());
                             }
                         }

@@ -3,7 +3,10 @@
 //! If the bus is down, the envelope goes straight to this node's hub, and other nodes pick up
 //! messages from PostgreSQL (degraded mode).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -18,15 +21,80 @@ use crate::protocol::{Message, Receipt, Role, Room};
 /// Waits between attempts to publish a membership change (about 1.5 s in all).
 const MEMBERSHIP_RETRIES_MS: [u64; 4] = [50, 150, 400, 900];
 
+/// How often messages whose PUBLISH failed are tried again.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct Fanout {
     bus: Bus,
     hub: Arc<Hub>,
+    /// Per room, the newest message whose PUBLISH failed (channel and envelope). Other nodes poll
+    /// PostgreSQL only while their own bus is down: when this node alone lost Redis (a partition,
+    /// a broken connection), they would not hear of these messages until the room's next one came
+    /// over the bus, maybe never. Published again once publishing works, the newest one is enough:
+    /// a node that sees its seq fills the gap below from PostgreSQL, and drops what it already had.
+    unpublished: Arc<Mutex<HashMap<Uuid, (String, Envelope)>>>,
+    /// The task that republishes them runs (one at a time, only while there is something to do).
+    republishing: Arc<AtomicBool>,
 }
 
 impl Fanout {
     pub fn new(bus: Bus, hub: Arc<Hub>) -> Self {
-        Fanout { bus, hub }
+        Fanout { bus, hub, unpublished: Arc::default(), republishing: Arc::default() }
+    }
+
+    /// `emit` for a new message: one that could not be published is delivered here and kept for
+    /// [`Fanout::republish`].
+    async fn emit_message(&self, room: Uuid, channel: String, header: Header, event: &ServerEvent) {
+        let envelope = Envelope::new(header, event.to_frame());
+        if self.bus.publish(&channel, &envelope).await {
+            return;
+        }
+        self.hub.dispatch(envelope.clone());
+        let seq = envelope.header.seq.unwrap_or(0);
+        {
+            let mut unpublished = self.unpublished.lock().unwrap_or_else(|e| e.into_inner());
+            let newer = unpublished.get(&room).is_none_or(|(_, kept)| kept.header.seq.unwrap_or(0) < seq);
+            if newer {
+                unpublished.insert(room, (channel, envelope));
+            }
+        }
+        if !self.republishing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().republish());
+        }
+    }
+
+    /// Publishes the kept messages again, every [`REPUBLISH_EVERY`] while this node's subscriber is
+    /// connected, until none is left.
+    async fn republish(self) {
+        loop {
+            tokio::time::sleep(REPUBLISH_EVERY).await;
+            if !self.bus.is_connected() {
+                continue;
+            }
+            let kept: Vec<(Uuid, String, Envelope)> = {
+                let unpublished = self.unpublished.lock().unwrap_or_else(|e| e.into_inner());
+                unpublished
+                    .iter()
+                    .map(|(room, (channel, envelope))| (*room, channel.clone(), envelope.clone()))
+                    .collect()
+            };
+            for (room, channel, envelope) in kept {
+                if !self.bus.publish(&channel, &envelope).await {
+                    break;
+                }
+                let mut unpublished = self.unpublished.lock().unwrap_or_else(|e| e.into_inner());
+                if unpublished.get(&room).is_some_and(|(_, kept)| kept.header.seq == envelope.header.seq) {
+                    unpublished.remove(&room);
+                }
+            }
+            let unpublished = self.unpublished.lock().unwrap_or_else(|e| e.into_inner());
+            if unpublished.is_empty() {
+                // Cleared under the lock: a failure after this starts a new task.
+                self.republishing.store(false, Ordering::Release);
+                return;
+            }
+        }
     }
 
     async fn emit(&self, channel: String, header: Header, event: &ServerEvent) {
@@ -65,7 +133,8 @@ impl Fanout {
         let mut header = Self::room_header(Kind::Message, message.room_id);
         header.seq = Some(message.seq);
         header.at_us = message.created_at.timestamp_micros();
-        self.emit(self.bus.channels.room(message.room_id), header, &ServerEvent::Message(message.clone())).await;
+        let channel = self.bus.channels.room(message.room_id);
+        self.emit_message(message.room_id, channel, header, &ServerEvent::Message(message.clone())).await;
     }
 
     pub async fn message_edited(&self, message: &Message) {

@@ -12,6 +12,7 @@ mod layers;
 mod messages;
 mod metrics;
 mod ops;
+mod partition;
 mod redis_cluster;
 mod resilience;
 mod rooms;
