@@ -71,7 +71,7 @@ pub struct ChaosArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "node-kill,node-drain,redis-restart,postgres-restart,partition,slow-consumer"
+        default_value = "redis-restart,partition,postgres-restart,slow-consumer,node-drain,node-kill"
     )]
     pub chaos_faults: Vec<FaultKind>,
     /// Chaos: seconds a fault lasts (a node, Redis or PostgreSQL down; the partition).
