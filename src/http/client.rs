@@ -25,18 +25,25 @@ struct Asset {
     body: &'static str,
 }
 
-/// Every file of the client, by the path it is served at.
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// Every file of the client, by the path it is served at (`tests/browser` checks that the nodes
+/// serve each file of `src/http/web/`, and `tests/api` that every module the page imports is here).
 const FILES: &[Asset] = &[
-    Asset { path: "/", content_type: "text/html; charset=utf-8", body: include_str!("web/index.html") },
-    Asset { path: "/web/app.css", content_type: "text/css; charset=utf-8", body: include_str!("web/app.css") },
-    Asset { path: "/web/app.js", content_type: "text/javascript; charset=utf-8", body: include_str!("web/app.js") },
-    Asset { path: "/web/api.js", content_type: "text/javascript; charset=utf-8", body: include_str!("web/api.js") },
-    Asset {
-        path: "/web/socket.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("web/socket.js"),
-    },
-    Asset { path: "/web/dom.js", content_type: "text/javascript; charset=utf-8", body: include_str!("web/dom.js") },
+    Asset { path: "/", content_type: HTML, body: include_str!("web/index.html") },
+    Asset { path: "/web/app.css", content_type: CSS, body: include_str!("web/app.css") },
+    Asset { path: "/web/app.js", content_type: JS, body: include_str!("web/app.js") },
+    Asset { path: "/web/state.js", content_type: JS, body: include_str!("web/state.js") },
+    Asset { path: "/web/api.js", content_type: JS, body: include_str!("web/api.js") },
+    Asset { path: "/web/socket.js", content_type: JS, body: include_str!("web/socket.js") },
+    Asset { path: "/web/rooms.js", content_type: JS, body: include_str!("web/rooms.js") },
+    Asset { path: "/web/members.js", content_type: JS, body: include_str!("web/members.js") },
+    Asset { path: "/web/timeline.js", content_type: JS, body: include_str!("web/timeline.js") },
+    Asset { path: "/web/outbox.js", content_type: JS, body: include_str!("web/outbox.js") },
+    Asset { path: "/web/events.js", content_type: JS, body: include_str!("web/events.js") },
+    Asset { path: "/web/dom.js", content_type: JS, body: include_str!("web/dom.js") },
 ];
 
 /// A file with its ETag: a hash of the content, the same on every node running the same build.
