@@ -385,6 +385,23 @@ def test_a_silent_connection_is_noticed_and_replaced(run):
     expect(ann.locator("#messages li.msg[data-state=sent] .body")).to_have_text([say_to_self])
 
 
+def test_sign_out_everywhere_ends_every_tab(run):
+    """Two tabs of one user on two nodes: "sign out everywhere" in one signs the other out too, and says why."""
+    name = unique("sam")
+    first = run.user(NODES[0], name)
+    second = run.page(NODES[1])
+    second.fill("#username", name)
+    second.fill("#password", PASSWORD)
+    second.click("#signInBtn")
+    expect(second.locator("#conn")).to_have_attribute("data-state", "online")
+    first.click("#signOutAll")
+    first.click("dialog button.primary")
+    expect(first.locator("#signin")).to_be_visible()
+    expect(second.locator("#signin")).to_be_visible()
+    expect(second.locator("#authError")).to_contain_text("signed out everywhere")
+    assert second.evaluate("sessionStorage.getItem('chorus.session')") is None
+
+
 def test_private_room_members_and_direct_messages(run):
     """A private room with a member added by name, roles, removal; a direct conversation found by search."""
     ann = run.user(NODES[0], unique("ann"))
@@ -401,6 +418,22 @@ def test_private_room_members_and_direct_messages(run):
     expect(ann.locator(f"#memberList li[data-user={ben_name}] .role")).to_have_text("admin")
     ann.locator(f"#memberList li[data-user={ben_name}]").get_by_role("button", name="Remove").click()
     expect(room_button(ben, room)).to_have_count(0)
+    # A public room with a password: joining asks for it.
+    locked = unique("locked")
+    ann.click("#createRoom")
+    ann.fill("dialog [name=name]", locked)
+    ann.fill("dialog [name=password]", "open sesame")
+    ann.click("dialog button.primary")
+    expect(ann.locator("#roomTitle")).to_have_text("# " + locked)
+    ben.click("#refreshPublic")
+    ben.click(f"#public button[aria-label='Join {locked}']")
+    ben.fill("dialog [name=password]", "wrong guess")
+    ben.click("dialog button.primary")
+    expect(ben.locator("#notice")).to_contain_text("Could not join")
+    ben.click(f"#public button[aria-label='Join {locked}']")
+    ben.fill("dialog [name=password]", "open sesame")
+    ben.click("dialog button.primary")
+    expect(ben.locator("#roomTitle")).to_have_text("# " + locked)
     # Direct conversation.
     ben.fill("#dmQuery", ann.locator("#me").inner_text())
     ben.click("#dmForm button[type=submit]")
@@ -432,6 +465,13 @@ def test_narrow_screen(run):
     # Scrolling up loads older messages, keeping the reader's place.
     phone.locator("#scroll").evaluate("s => { s.scrollTop = 0; }")
     expect(phone.locator("#messages li.msg").first).to_contain_text("line 0", timeout=15_000)
+    # Scrolled up, a new message is a prompt, not a jump; the prompt goes to it.
+    api(NODES[1], "POST", f"/rooms/{rid}/messages", t, {"content": "while you were reading"})
+    expect(phone.locator("#newBelow")).to_have_text("1 new message ↓")
+    expect(phone.locator("#messages li.msg").last).not_to_be_in_viewport()
+    phone.click("#newBelow")
+    expect(phone.locator("#messages li.msg").last).to_be_in_viewport()
+    expect(phone.locator("#newBelow")).to_be_hidden()
     # Back to the list: it is the whole screen, and usable.
     phone.click("#back")
     expect(phone.locator("#rooms")).to_be_in_viewport()
@@ -529,6 +569,7 @@ TESTS = [
     test_sends_are_paced_and_refused_ones_retried_in_order,
     test_offline_and_back_online,
     test_a_silent_connection_is_noticed_and_replaced,
+    test_sign_out_everywhere_ends_every_tab,
     test_private_room_members_and_direct_messages,
     test_narrow_screen,
     test_keyboard_and_labels,
