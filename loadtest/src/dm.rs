@@ -19,12 +19,13 @@ use crate::{procfs, Args, Fleet};
 /// The rates `dm` and `small` step through unless `--rates` says otherwise (messages/s, all rooms).
 pub const DEFAULT_RATES: &[f64] = &[250.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 4000.0, 5000.0, 6000.0];
 
-/// PostgreSQL backends report their counters to `pg_stat_database` at most once a second (and an
-/// idle one a second after its last transaction): before reading them, let the last step's settle.
-const PG_STATS_SETTLE: Duration = Duration::from_millis(1500);
+/// PostgreSQL (15+) backends report their counters to `pg_stat_database` at most once a second, and
+/// a backend that goes idle less than a second after its last report holds the rest for up to 10 s
+/// (PGSTAT_IDLE_INTERVAL): before reading them, let the last step's all arrive.
+const PG_STATS_SETTLE: Duration = Duration::from_millis(11_000);
 
 /// How long the servers' idle transaction rate is measured before the first step.
-const IDLE_BASELINE: Duration = Duration::from_secs(3);
+const IDLE_BASELINE: Duration = Duration::from_secs(5);
 
 /// A step is "bounded by the generator" when the generator used at least this share of the CPUs it
 /// may run on: then the offered rate, not the server, set the limit.
@@ -227,14 +228,13 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
     let (idle0, _) = meter(&mut conn, &fleet.rooms).await?;
     let idle_started = Instant::now();
     tokio::time::sleep(IDLE_BASELINE).await;
-    let (idle1, _) = meter(&mut conn, &fleet.rooms).await?;
+    let (idle1, stored) = meter(&mut conn, &fleet.rooms).await?;
     let idle_per_s = ((idle1 - idle0 - 1).max(0)) as f64 / idle_started.elapsed().as_secs_f64();
     eprintln!("dm ladder: idle PostgreSQL transactions/s {idle_per_s:.1}");
     let mut steps = Vec::new();
+    // Each step's counters run from the previous reading (taken after a settle) to its own.
+    let (mut xacts0, mut stored0, mut metered) = (idle1, stored, Instant::now());
     for &rate in rates {
-        tokio::time::sleep(PG_STATS_SETTLE).await;
-        let (xacts0, stored0) = meter(&mut conn, &fleet.rooms).await?;
-        let metered = Instant::now();
         let before = read(args, stats, postgres_pid)?;
         crate::drive(fleet, rate, args.step_secs as f64).await;
         // The step's last acknowledgements and deliveries land shortly after.
@@ -248,6 +248,7 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
             .pg_transactions
             .filter(|_| stored1 > stored0)
             .map(|t| (t as f64 - idle).max(0.0) / (stored1 - stored0) as f64);
+        (xacts0, stored0, metered) = (xacts1, stored1, Instant::now());
         eprintln!(
             "step {rate} msg/s: acked/s {:.0}, persisted/s {:.0}, ack p99 {:.2} ms, delivery p99 {:.2} ms, \
              CPU-s/M msgs nodes {} redis {} postgres {} generator {}, pg xacts/msg {} (less idle {}), generator {:.0}%{} -> {}",
@@ -309,7 +310,7 @@ fn measure(args: &Args, rate: f64, a: &Reading, b: &Reading, xacts: i64, stored:
     let redis = b.redis - a.redis;
     let postgres = b.postgres.zip(a.postgres).map(|(b, a)| b - a);
     let generator = b.generator - a.generator;
-    // The generator's one reading between the two (the first `meter`) is a transaction of its own.
+    // The generator's one reading between the two (the previous `meter`) is a transaction of its own.
     let pg_transactions = (xacts - 1).max(0);
     let share = generator / elapsed / cores as f64;
     let machine_busy = b.machine.zip(a.machine).and_then(|((b_busy, b_total), (a_busy, a_total))| {
