@@ -106,7 +106,11 @@ $('authForm').addEventListener('submit', (e) => { e.preventDefault(); authSubmit
 $('registerBtn').addEventListener('click', () => { if ($('authForm').reportValidity()) authSubmit(true); });
 $('signOut').addEventListener('click', () => session.signOut(false));
 $('signOutAll').addEventListener('click', async () => {
-  if (await ask('Sign out on every device and tab?', [], 'Sign out everywhere')) session.signOut(true).catch((e) => notice(e.message));
+  if (!(await ask('Sign out on every device and tab?', [], 'Sign out everywhere'))) return;
+  // This tab's socket is closed by the server too (4001): stop it first, so this tab is not told
+  // it was signed out from elsewhere.
+  conn.stop();
+  session.signOut(true).catch((e) => notice(e.message));
 });
 $('createRoom').addEventListener('click', createRoom);
 $('refreshPublic').addEventListener('click', loadPublic);
