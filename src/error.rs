@@ -200,7 +200,19 @@ impl From<diesel::result::Error> for ApiError {
         use diesel::result::{DatabaseErrorKind, Error};
         match e {
             // A dropped connection or server shutdown: the client may retry.
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => ApiError::Unavailable(Box::new(e)),
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _) => {
+                ApiError::Unavailable(Box::new(e))
+            }
+            // PostgreSQL ending the session under a query in flight (a restart or failover: SQLSTATE
+            // 57P01-57P03) arrives as an unclassified error; diesel hides the SQLSTATE, so it is
+            // told by the server's (English, the default) text. Seen as `internal` by a client
+            // during a PostgreSQL restart under load (loadtest --scenario chaos).
+            Error::DatabaseError(DatabaseErrorKind::Unknown, ref info)
+                if info.message().starts_with("terminating connection")
+                    || info.message().starts_with("the database system is") =>
+            {
+                ApiError::Unavailable(Box::new(e))
+            }
             other => ApiError::internal(other),
         }
     }

@@ -89,6 +89,9 @@ pub struct ChaosArgs {
     /// Chaos: the command that reproduces this run, quoted in the report.
     #[arg(long, default_value = "loadtest/chaos")]
     pub chaos_reproduce: String,
+    /// Chaos: a hand-written list of what the runs found and what was fixed, copied into the report.
+    #[arg(long, default_value = "loadtest/chaos-findings.md")]
+    pub chaos_findings: PathBuf,
 }
 
 /// One fault as it ran: seconds since the load started.
@@ -120,6 +123,9 @@ pub struct FaultFigures {
     pub closes: BTreeMap<String, u64>,
     pub connect_errors: BTreeMap<String, u64>,
     pub not_sent_offline: u64,
+    /// Seqs received again in the window (dropped by the client's de-duplication).
+    pub wire_duplicates: u64,
+    pub delivered_by_sync: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,6 +151,8 @@ pub struct ChaosReport {
     pub command: String,
     pub reproduce: String,
     pub commit: String,
+    /// Cores and load average (1, 5, 15 min) at the start and at the end: the machine is shared.
+    pub machine: String,
     pub nodes: usize,
     pub connections: usize,
     pub big_rooms: usize,
@@ -176,6 +184,8 @@ struct Mark {
     closes: BTreeMap<String, u64>,
     connect_errors: BTreeMap<String, u64>,
     not_sent: u64,
+    wire_duplicates: u64,
+    delivered_by_sync: u64,
 }
 
 fn copy(map: &std::sync::Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
@@ -207,12 +217,15 @@ impl Run {
             closes: copy(&self.shared.closes),
             connect_errors: copy(&self.shared.connect_errors),
             not_sent: self.not_sent.load(Ordering::Relaxed),
+            wire_duplicates: self.shared.wire_duplicates.load(Ordering::Relaxed),
+            delivered_by_sync: self.shared.delivered_sync.load(Ordering::Relaxed),
         }
     }
 }
 
 pub async fn run(args: &crate::Args) -> Result<(), String> {
     let c = &args.chaos;
+    let load_at_start = load_average();
     let dir =
         c.chaos_cluster_dir.clone().ok_or("chaos needs --chaos-cluster-dir (a script/server --detach cluster)")?;
     let mut cluster = Cluster::open(&dir)?;
@@ -480,6 +493,8 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
                 closes: diff(&after.closes, &before.closes),
                 connect_errors: diff(&after.connect_errors, &before.connect_errors),
                 not_sent_offline: after.not_sent - before.not_sent,
+                wire_duplicates: after.wire_duplicates - before.wire_duplicates,
+                delivered_by_sync: after.delivered_by_sync - before.delivered_by_sync,
             }
         })
         .collect();
@@ -495,6 +510,12 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
         command: command.join(" "),
         reproduce: c.chaos_reproduce.clone(),
         commit,
+        machine: format!(
+            "{} cores; load average {} at the start, {} at the end",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_at_start,
+            load_average()
+        ),
         nodes: cluster.nodes.len(),
         connections,
         big_rooms: big_users / big_size,
@@ -521,7 +542,8 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(&args.out, json).map_err(|e| format!("write {}: {e}", args.out.display()))?;
     if let Some(doc) = &c.chaos_doc {
-        report::write_doc(&report, doc)?;
+        let findings = std::fs::read_to_string(&c.chaos_findings).ok();
+        report::write_doc(&report, doc, findings.as_deref())?;
         eprintln!("chaos: report written to {}", doc.display());
     }
     if report.verdict.passed {
@@ -529,6 +551,13 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
     } else {
         Err(format!("chaos check FAILED: {:?}", report.verdict))
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_default()
 }
 
 /// Stops node `i` with `sig`, waits `down`, starts it again; says how long each part took.

@@ -1,6 +1,7 @@
-//! A node cut off from Redis by a network partition while the other nodes keep theirs: a proxy in
-//! the test stops forwarding without closing anything, as a network that drops packets does (found
-//! by `loadtest --scenario chaos`, docs/RESILIENCE.md).
+//! What `loadtest --scenario chaos` found (docs/RESILIENCE.md): a node cut off from Redis by a
+//! network partition while the other nodes keep theirs (a proxy in the test stops forwarding
+//! without closing anything, as a network that drops packets does), and PostgreSQL ending a
+//! session under a send.
 
 use std::time::{Duration, Instant};
 
@@ -158,4 +159,67 @@ async fn a_node_cut_off_from_redis_notices_and_what_it_stored_reaches_the_others
     assert_eq!(a.messages(room, 1).await, vec![7]);
     let reply = b.request("sync", json!({"rooms": [{"room_id": room, "after_seq": 0}]})).await;
     assert_eq!(reply["result"]["rooms"][0]["last_seq"], 7);
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+/// PostgreSQL ending a session under a query in flight (a restart, a failover, an operator) is a
+/// `503 unavailable` the client retries, not a `500 internal` (found by loadtest --scenario chaos,
+/// restarting PostgreSQL under load).
+#[actix_web::test]
+async fn a_send_whose_database_session_is_terminated_is_unavailable_not_internal() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let node = spawn_app().await;
+    let alice = node.user("alice").await;
+    let room = node.room(&alice, "private").await;
+    // Hold the room's row, so the send waits inside its transaction.
+    let mut locker = AsyncPgConnection::establish(&node.database_url).await.expect("connect");
+    diesel::sql_query("BEGIN").execute(&mut locker).await.expect("begin");
+    diesel::sql_query(format!("SELECT 1 FROM rooms WHERE id = '{room}' FOR UPDATE"))
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let sending = {
+        let (client, url, token) =
+            (node.client.clone(), node.url(&format!("/api/v1/rooms/{room}/messages")), alice.token.clone());
+        actix_web::rt::spawn(async move {
+            let mut response =
+                client.post(url).bearer_auth(token).send_json(&json!({"content": "cut short"})).await.expect("send");
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (response.status().as_u16(), body)
+        })
+    };
+    // End every session that waits on the row (the batch's, then the sender's own retry alone)
+    // until the send answers.
+    let mut admin = AsyncPgConnection::establish(&node.database_url).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut terminated = 0;
+    while !sending.is_finished() {
+        assert!(Instant::now() < deadline, "the send did not answer");
+        let waiting: Vec<Pid> = diesel::sql_query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .load(&mut admin)
+        .await
+        .expect("pg_stat_activity");
+        for backend in &waiting {
+            diesel::sql_query(format!("SELECT pg_terminate_backend({})", backend.pid))
+                .execute(&mut admin)
+                .await
+                .expect("terminate");
+            terminated += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(terminated > 0, "the send never waited on the room's row");
+    let (status, body) = sending.await.expect("the send finished");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "unavailable", "{body}");
+    diesel::sql_query("ROLLBACK").execute(&mut locker).await.expect("rollback");
+    let retried = node.send(&alice, room, "retried").await;
+    assert_eq!(retried.status.as_u16(), 201, "{:?}", retried.body);
 }

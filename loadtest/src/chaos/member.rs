@@ -272,6 +272,7 @@ pub async fn run(
         inbox.publish(&live);
         live.connected.store(true, Ordering::Relaxed);
         let mut in_flight: u64 = 0;
+        let mut resync_at: Option<tokio::time::Instant> = None;
         let end = loop {
             if *stop.borrow() {
                 break End::Stop;
@@ -280,6 +281,11 @@ pub async fn run(
             tokio::select! {
                 _ = stop.changed() => break End::Stop,
                 changed = pause.changed() => if changed.is_err() { break End::Stop },
+                _ = tokio::time::sleep_until(resync_at.unwrap_or_else(tokio::time::Instant::now)), if resync_at.is_some() => {
+                    resync_at = None;
+                    if ws.send(sync_frame(spec.room, inbox.last_seen)).await.is_err() { break End::Error }
+                    s.syncs.fetch_add(1, Ordering::Relaxed);
+                }
                 out = outgoing.recv(), if !paused && sending => {
                     // The load is over; keep receiving until told to stop.
                     if out.is_none() { sending = false; continue }
@@ -317,6 +323,12 @@ pub async fn run(
                         inbox.publish(&live);
                     } else if text.starts_with("{\"event\":\"reply\"") {
                         if field(text, "ref") == Some("sync") {
+                            if field(text, "ok") != Some("true") {
+                                // PostgreSQL away, for example: ask again in a second.
+                                Shared::bump(&s.refused, &format!("sync: {}", field(text, "code").unwrap_or("unknown")));
+                                resync_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                                continue;
+                            }
                             // Several rounds when the server says there is more (PROTOCOL §3.7).
                             if field(text, "has_more") == Some("true") {
                                 let from = field(text, "last_seq").and_then(|v| v.parse().ok()).unwrap_or(inbox.last_seen);

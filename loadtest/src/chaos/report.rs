@@ -65,12 +65,12 @@ fn ms(v: f64) -> String {
 
 fn fault_table(r: &ChaosReport) -> String {
     let mut s = String::from(
-        "| fault | target | start → end | clients disconnected | 99% back and caught up after | p99 before / during / after | sends refused (by code) | not sent (sender offline) | closes seen | what happened |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| fault | target | start → end | clients disconnected | 99% back and caught up after | p99 before / during / after | sends refused (by code) | not sent (sender offline) | closes seen | delivered by sync | wire duplicates | what happened |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for f in &r.faults {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} s → {:.1} s | {} of {} | {:.1} s | {} / {} / {} | {} | {} | {} | {}{} |",
+            "| {} | {} | {:.1} s → {:.1} s | {} of {} | {:.1} s | {} / {} / {} | {} | {} | {} | {} | {} | {}{} |",
             f.fault.name,
             f.fault.target,
             f.fault.start_s,
@@ -84,6 +84,8 @@ fn fault_table(r: &ChaosReport) -> String {
             codes(&f.refused),
             f.not_sent_offline,
             codes(&f.closes),
+            f.delivered_by_sync,
+            f.wire_duplicates,
             f.fault.detail,
             f.fault.error.as_ref().map(|e| format!(" **step failed: {e}**")).unwrap_or_default(),
         );
@@ -128,7 +130,7 @@ pub fn print(r: &ChaosReport) {
     println!("verdict: {}", if r.verdict.passed { "PASSED" } else { "FAILED" });
 }
 
-pub fn write_doc(r: &ChaosReport, doc: &Path) -> Result<(), String> {
+pub fn write_doc(r: &ChaosReport, doc: &Path, findings: Option<&str>) -> Result<(), String> {
     let svg_name =
         format!("{}-timeline.svg", doc.file_stem().and_then(|s| s.to_str()).unwrap_or("chaos").to_lowercase());
     let svg_path = doc.with_file_name(&svg_name);
@@ -166,8 +168,9 @@ pub fn write_doc(r: &ChaosReport, doc: &Path) -> Result<(), String> {
     let _ = writeln!(s, "## The run\n");
     let _ = writeln!(
         s,
-        "- {} nodes behind the bundled nginx (`script/server`), private PostgreSQL and Redis; commit `{}`.",
-        r.nodes, r.commit
+        "- {} nodes behind the bundled nginx (`script/server`), private PostgreSQL and Redis, the \
+         generator on the same machine ({}); commit `{}`.",
+        r.nodes, r.machine, r.commit
     );
     let _ = writeln!(
         s,
@@ -197,8 +200,14 @@ pub fn write_doc(r: &ChaosReport, doc: &Path) -> Result<(), String> {
         r.connect_failures,
         codes(&r.closes)
     );
-    let _ =
-        writeln!(s, "\nReproduce (builds release binaries, starts everything on free ports, rewrites this file):\n");
+    if let Some(findings) = findings {
+        let _ = writeln!(s, "\n## What the runs found and what was fixed\n");
+        let _ = writeln!(s, "<!-- Copied from loadtest/chaos-findings.md. -->\n");
+        s.push_str(findings.trim());
+        s.push('\n');
+    }
+    let _ = writeln!(s, "\n## Reproduce\n");
+    let _ = writeln!(s, "Builds release binaries, starts everything on free ports, rewrites this file and its SVG:\n");
     let _ = writeln!(s, "```sh\n{}\n```\n", r.reproduce);
     let _ = writeln!(s, "which ran the generator as:\n\n```sh\n{}\n```", r.command);
     std::fs::write(doc, s).map_err(|e| format!("write {}: {e}", doc.display()))
