@@ -436,10 +436,13 @@ def test_private_room_members_and_direct_messages(run):
     ben.click("dialog button.primary")
     expect(ben.locator("#roomTitle")).to_have_text("# " + locked)
     # Direct conversation.
-    ben.fill("#dmQuery", ann.locator("#me").inner_text())
+    ann_name = ann.locator("#me").inner_text()
+    ben.fill("#dmQuery", ann_name)
     ben.click("#dmForm button[type=submit]")
     ben.locator("#dmResults button").first.click()
+    # Until the conversation opens, the composer is off: nothing typed can go to the room on screen.
     say(ben, "a direct hello")
+    expect(ben.locator("#roomTitle")).to_have_text("@ " + ann_name)
     direct = ann.locator("#rooms button.room-item", has=ann.locator(".name", has_text="@ " + ben_name))
     expect(direct.locator(".badge")).to_have_text("1")
     direct.click()

@@ -130,11 +130,13 @@ export async function joinRoom(r) {
     if (!v) return;
     body.password = v.password;
   }
+  holdComposer();
   try {
     const room = await api('POST', `/rooms/${r.id}/join`, body);
     addRoom(room);
     openRoom(room.id, true);
   } catch (e) {
+    releaseComposer();
     notice(`Could not join # ${r.name}: ${e.message}`);
   }
 }
@@ -155,6 +157,7 @@ export async function createRoom() {
     { name: 'members', label: 'Add people (usernames, comma-separated)' },
   ], 'Create');
   if (!v) return;
+  holdComposer();
   try {
     const ids = await userIds(v.members);
     const body = { name: v.name.trim(), visibility: v.visibility };
@@ -165,6 +168,7 @@ export async function createRoom() {
     openRoom(room.id, true);
     loadPublic();
   } catch (e) {
+    releaseComposer();
     notice('Could not create the room: ' + e.message);
   }
 }
@@ -198,7 +202,17 @@ export async function searchPeople(e) {
   }
 }
 
+// Another room is about to open: what is typed meanwhile must not go to the room still on screen.
+function holdComposer() {
+  $('text').disabled = $('sendBtn').disabled = true;
+}
+
+function releaseComposer() {
+  if (view.open) $('text').disabled = $('sendBtn').disabled = false;
+}
+
 export async function direct(u) {
+  holdComposer();
   try {
     const room = await api('POST', '/direct', { user_id: u.id });
     room.peer = u.username;
@@ -208,6 +222,7 @@ export async function direct(u) {
     $('dmQuery').value = '';
     openRoom(room.id, true);
   } catch (e) {
+    releaseComposer();
     notice('Could not open the conversation: ' + e.message);
   }
 }
