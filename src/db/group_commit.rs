@@ -38,8 +38,8 @@ pub enum Committed {
     /// Not stored: the room is gone, the sender is not a member, or this `(sender, client_msg_id)`
     /// was stored before. The sender finds out which, as a lone send does.
     Refused,
-    /// The batch failed as a whole and stored nothing (a concurrent commit of the same
-    /// `client_msg_id`, a lost connection): the sender stores the message on its own.
+    /// The batch failed as a whole and certainly stored nothing (a concurrent commit of the same
+    /// `client_msg_id`, a deadlock): the sender stores the message on its own.
     Alone,
 }
 
@@ -197,6 +197,9 @@ impl Writer {
         self.metrics.db_query_duration_seconds.with_label_values(&[query]).observe(started.elapsed().as_secs_f64());
 
         let mut results: Vec<Option<Committed>> = (0..batch.len()).map(|_| None).collect();
+        // Set when the batch failed in a way that a lone retry would not mend, or might repeat: the
+        // senders get the error, as a lone send would.
+        let mut failed: Option<(bool, String)> = None;
         match outcome {
             Ok(stored) => {
                 self.metrics.db_send_batches_total.inc();
@@ -205,9 +208,29 @@ impl Writer {
                     results[i] = Some(row.map_or(Committed::Refused, Committed::Stored));
                 }
             }
-            Err(error) => {
+            Err(error) if inputs.len() > 1 && stored_nothing(&error) => {
                 tracing::debug!(%error, messages = inputs.len(), "batch not stored; its senders store alone");
             }
+            Err(error) => {
+                // A lost connection may have lost the answer to a commit that happened: storing the
+                // messages again could store them twice. The senders say 503, and a client retries
+                // with its client_msg_id, which finds what was stored.
+                let message = error.to_string();
+                let unavailable = matches!(ApiError::from(error), ApiError::Unavailable(_));
+                tracing::warn!(error = %message, messages = inputs.len(), "batch of sends failed");
+                failed = Some((unavailable, message));
+            }
+        }
+        if let Some((unavailable, message)) = failed {
+            for pending in batch {
+                let error = if unavailable {
+                    ApiError::Unavailable(message.clone().into())
+                } else {
+                    ApiError::internal(std::io::Error::other(message.clone()))
+                };
+                let _ = pending.answer.send(Err(error));
+            }
+            return;
         }
         // Answer in seq order, so that on this thread the senders publish in that order too (the
         // receivers restore order either way; this saves them the wait).
@@ -232,6 +255,18 @@ impl Writer {
                 let _ = pending.answer.send(Ok(committed));
             }
         }
+    }
+}
+
+/// Whether a batch's error certainly rolled it back before anything committed, so that storing its
+/// messages one by one cannot store one twice: the idempotency index (a concurrent commit of one of
+/// its `client_msg_id`s) or a deadlock or serialization failure.
+fn stored_nothing(error: &Error) -> bool {
+    use diesel::result::DatabaseErrorKind;
+    match error {
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info) => info.message().starts_with("deadlock detected"),
+        other => is_unique_violation(other, messages::IDEMPOTENCY_INDEX),
     }
 }
 
