@@ -13,6 +13,7 @@ Each test gets fresh users and rooms (one cluster serves the run). A failing tes
 of each of its pages in CHORUS_BROWSER_OUT. The node-kill test runs last: it leaves one node.
 """
 
+import base64
 import json
 import os
 import re
@@ -113,6 +114,13 @@ class Run:
 
 
 def token(page):
+    """A fresh access token for the page's user, from a REST login: the phase's tokens live 20 s, so
+    the page's own may be about to expire."""
+    name = page.locator("#me").inner_text()
+    return api(LB, "POST", "/auth/login", body={"username": name, "password": PASSWORD})["access_token"]
+
+
+def page_token(page):
     return page.evaluate("JSON.parse(sessionStorage.getItem('chorus.session')).access")
 
 
@@ -336,7 +344,7 @@ def test_sends_are_paced_and_refused_ones_retried_in_order(run):
         say(ann, text)
     expect(ben.locator("#messages li.msg .body").filter(has_text="in order")).to_have_text(texts, timeout=30_000)
     expect(ann.locator("#messages li.msg[data-state=sent] .body").filter(has_text="in order")).to_have_text(texts)
-    stored = [m["content"] for m in history(NODES[0], t, rid) if m["content"].startswith("in order")]
+    stored = [m["content"] for m in history(NODES[0], token(ann), rid) if m["content"].startswith("in order")]
     assert stored == texts, stored
 
 
@@ -383,6 +391,33 @@ def test_a_silent_connection_is_noticed_and_replaced(run):
     create_room(ann, unique("alive"))
     say(ann, say_to_self)
     expect(ann.locator("#messages li.msg[data-state=sent] .body")).to_have_text([say_to_self])
+
+
+def test_tokens_are_refreshed_before_they_expire(run):
+    """The phase's access tokens live 20 s (CHORUS_ACCESS_TOKEN_TTL_S): the page refreshes at 80% and
+    swaps the new token into its socket, which outlives the first token (else 4001 at expiry)."""
+    ann = run.user(NODES[0], unique("ann"))
+    sockets = []
+
+    def route(ws):
+        sockets.append(ws)
+        ws.connect_to_server()
+
+    ann.route_web_socket(re.compile(r".*/api/v1/ws$"), route)
+    ann.reload()
+    expect(ann.locator("#conn")).to_have_attribute("data-state", "online")
+    first = page_token(ann)
+    exp = json.loads(base64.urlsafe_b64decode(first.split(".")[1] + "==="))["exp"]
+    assert exp - time.time() < 30, "tokens live longer than this test expects: CHORUS_ACCESS_TOKEN_TTL_S=20?"
+    ann.wait_for_function("t => JSON.parse(sessionStorage.getItem('chorus.session')).access !== t", arg=first,
+                          timeout=30_000)
+    # The first token's expiry passes with the socket still up (the server closes at expiry otherwise).
+    ann.wait_for_function("exp => Date.now() > exp", arg=exp * 1000 + 2000, timeout=30_000)
+    expect(ann.locator("#conn")).to_have_attribute("data-state", "online")
+    create_room(ann, unique("fresh"))
+    say(ann, "still the same socket")
+    expect(ann.locator("#messages li.msg[data-state=sent] .body")).to_have_text(["still the same socket"])
+    assert len(sockets) == 1, f"{len(sockets)} sockets: the first was closed (4001?) instead of refreshed"
 
 
 def test_sign_out_everywhere_ends_every_tab(run):
@@ -470,7 +505,7 @@ def test_narrow_screen(run):
     phone.locator("#scroll").evaluate("s => { s.scrollTop = 0; }")
     expect(phone.locator("#messages li.msg").first).to_contain_text("line 0", timeout=15_000)
     # Scrolled up, a new message is a prompt, not a jump; the prompt goes to it.
-    api(NODES[1], "POST", f"/rooms/{rid}/messages", t, {"content": "while you were reading"})
+    api(NODES[1], "POST", f"/rooms/{rid}/messages", token(ann), {"content": "while you were reading"})
     expect(phone.locator("#newBelow")).to_have_text("1 new message ↓")
     expect(phone.locator("#messages li.msg").last).not_to_be_in_viewport()
     phone.click("#newBelow")
@@ -574,6 +609,7 @@ TESTS = [
     test_sends_are_paced_and_refused_ones_retried_in_order,
     test_offline_and_back_online,
     test_a_silent_connection_is_noticed_and_replaced,
+    test_tokens_are_refreshed_before_they_expire,
     test_sign_out_everywhere_ends_every_tab,
     test_private_room_members_and_direct_messages,
     test_narrow_screen,
