@@ -913,3 +913,46 @@ async fn the_chat_page_is_served_with_a_strict_policy_and_revalidates() {
     assert!(seen.len() >= 5, "the page loads its stylesheet and modules: {seen:?}");
     assert_eq!(app.raw("GET", "/web/nope.js", &[], None).await.status, StatusCode::NOT_FOUND);
 }
+
+#[actix_web::test]
+async fn the_chat_page_is_gzipped_for_clients_that_accept_it_and_plain_for_the_rest() {
+    use std::io::Read;
+    let app = spawn_app().await;
+    let get = |accept: Option<&'static str>, path: &'static str| {
+        let app = &app;
+        async move {
+            let mut req = app.client.get(app.url(path));
+            if let Some(accept) = accept {
+                req = req.insert_header(("Accept-Encoding", accept));
+            }
+            let mut res = req.send().await.expect("the page");
+            let body = res.body().limit(1 << 20).await.expect("body");
+            let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            (res.status(), header("content-encoding"), header("vary"), header("etag"), body)
+        }
+    };
+    for path in ["/", "/web/app.js", "/web/app.css"] {
+        let (status, encoding, vary, plain_etag, plain) = get(None, path).await;
+        assert_eq!((status, encoding, vary.as_deref()), (StatusCode::OK, None, Some("Accept-Encoding")), "{path}");
+        let (status, encoding, _, gzip_etag, gzipped) = get(Some("br, gzip;q=0.8, deflate"), path).await;
+        assert_eq!((status, encoding.as_deref()), (StatusCode::OK, Some("gzip")), "{path}");
+        assert!(gzipped.len() * 2 < plain.len(), "{path}: {} gzipped bytes for {} plain", gzipped.len(), plain.len());
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&gzipped[..]).read_to_end(&mut unzipped).expect("valid gzip");
+        assert_eq!(unzipped, plain, "{path}: the same file");
+        // Two representations, two tags; each revalidates as itself.
+        assert_ne!(gzip_etag, plain_etag, "{path}");
+        let revalidated = app
+            .client
+            .get(app.url(path))
+            .insert_header(("Accept-Encoding", "gzip"))
+            .insert_header(("If-None-Match", gzip_etag.clone().expect("an ETag")))
+            .send()
+            .await
+            .expect("revalidation");
+        assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED, "{path}");
+        // gzip refused with q=0: plain.
+        let (_, encoding, _, _, body) = get(Some("gzip;q=0, identity"), path).await;
+        assert_eq!((encoding, body), (None, plain), "{path}");
+    }
+}
