@@ -146,9 +146,10 @@ pub struct Settings {
     pub db_pool_size: usize,
 
     /// Group commit: how many batches of sends may be written to PostgreSQL at once (each holds a
-    /// pooled connection while it writes). Must be below CHORUS_DB_POOL_SIZE.
-    #[arg(long, env = "CHORUS_SEND_WRITERS", default_value_t = 4)]
-    pub send_writers: usize,
+    /// pooled connection while it writes). Default: 4, or half of CHORUS_DB_POOL_SIZE if that is
+    /// fewer (at least 1). Set, it must be below CHORUS_DB_POOL_SIZE.
+    #[arg(long, env = "CHORUS_SEND_WRITERS")]
+    pub send_writers: Option<usize>,
 
     /// Group commit: the most messages one batch (one statement, one transaction) may hold. 1 turns
     /// batching off (every message in a transaction of its own).
@@ -462,7 +463,7 @@ impl Settings {
         if self.db_pool_size == 0 || self.redis_pool_size == 0 {
             return Err(ConfigError("CHORUS_DB_POOL_SIZE and CHORUS_REDIS_POOL_SIZE must be at least 1".into()));
         }
-        if self.send_writers == 0 || self.send_writers >= self.db_pool_size {
+        if self.send_writers.is_some_and(|n| n == 0 || n >= self.db_pool_size) {
             return Err(ConfigError(
                 "CHORUS_SEND_WRITERS must be at least 1 and below CHORUS_DB_POOL_SIZE (the writers hold pooled connections)"
                     .into(),
@@ -533,6 +534,11 @@ impl Settings {
         self.node_id.as_deref().unwrap_or("chorus")
     }
 
+    /// The group commit's writers (see `send_writers`): a small pool keeps connections for the rest.
+    pub fn send_writers(&self) -> usize {
+        self.send_writers.unwrap_or((self.db_pool_size / 2).clamp(1, 4))
+    }
+
     pub fn db_pool_timeout(&self) -> Duration {
         Duration::from_millis(self.db_pool_timeout_ms)
     }
@@ -568,4 +574,29 @@ fn host_name() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "chorus".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut all = vec!["chorus"];
+        all.extend_from_slice(args);
+        let mut settings = Cli::parse_from(all).settings;
+        settings.env = Environment::Dev;
+        settings
+    }
+
+    #[test]
+    fn group_commit_writers_default_to_four_or_half_a_small_pool() {
+        assert_eq!(settings(&[]).send_writers(), 4);
+        assert_eq!(settings(&["--db-pool-size", "6"]).send_writers(), 3);
+        assert_eq!(settings(&["--db-pool-size", "1"]).send_writers(), 1);
+        assert_eq!(settings(&["--db-pool-size", "4", "--send-writers", "3"]).send_writers(), 3);
+        // A pool of one still starts with the default; an explicit count must leave room.
+        assert!(settings(&["--db-pool-size", "1"]).validate().is_ok());
+        assert!(settings(&["--db-pool-size", "4", "--send-writers", "4"]).validate().is_err());
+        assert!(settings(&["--send-writers", "0"]).validate().is_err());
+    }
 }

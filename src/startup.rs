@@ -68,8 +68,12 @@ pub fn build_state(settings: Settings) -> Result<AppState, StartupError> {
     let limits = crate::limits::Limits::new(&settings, bus.clone(), metrics.clone());
     let revocations = Arc::new(crate::revocations::Revocations::new(settings.access_token_ttl_s));
     let fanout = Fanout::new(bus, hub.clone());
-    let (group_commit, group_commit_tasks) =
-        db::group_commit::GroupCommit::new(db.clone(), metrics.clone(), settings.send_writers, settings.send_batch_max);
+    let (group_commit, group_commit_tasks) = db::group_commit::GroupCommit::new(
+        db.clone(),
+        metrics.clone(),
+        settings.send_writers(),
+        settings.send_batch_max,
+    );
     let settings_rate = settings.auth_rate_per_min;
     Ok(AppState {
         settings: Arc::new(settings),

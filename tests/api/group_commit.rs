@@ -107,7 +107,7 @@ fn outcome_seq(reply: &Reply) -> Option<i64> {
 }
 
 fn one_writer(s: &mut chorus::config::Settings) {
-    s.send_writers = 1;
+    s.send_writers = Some(1);
     s.send_rate_per_s = 10_000;
     s.send_burst = 10_000;
 }
@@ -230,7 +230,7 @@ async fn a_retry_queued_with_its_first_try_is_answered_with_the_one_stored_messa
 #[actix_web::test]
 async fn many_senders_on_two_nodes_sharing_rooms_get_gap_free_seqs_and_no_deadlock() {
     let nodes = spawn_cluster(2, |s| {
-        s.send_writers = 2;
+        s.send_writers = Some(2);
         s.send_rate_per_s = 10_000;
         s.send_burst = 10_000;
     })
