@@ -232,28 +232,26 @@ impl Writer {
             }
             return;
         }
+        // A repeat shares its first's fate: stored now or refused, the repeat is a retry that finds
+        // it; not settled, it goes alone too.
+        for (i, first) in repeat_of.iter().enumerate() {
+            if let Some(first) = *first {
+                results[i] = Some(if results[first].is_some() { Committed::Refused } else { Committed::Alone });
+            }
+        }
         // Answer in seq order, so that on this thread the senders publish in that order too (the
         // receivers restore order either way; this saves them the wait).
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&i| match &results[i] {
-            Some(Committed::Stored(row)) => (0, row.room_id, row.seq),
+        let mut answers: Vec<(Pending, Committed)> = batch
+            .into_iter()
+            .zip(results)
+            .map(|(pending, result)| (pending, result.unwrap_or(Committed::Alone)))
+            .collect();
+        answers.sort_by_key(|(_, committed)| match committed {
+            Committed::Stored(row) => (0, row.room_id, row.seq),
             _ => (1, Uuid::nil(), 0),
         });
-        let mut answers: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
-        for i in order {
-            let committed = match (&results[i], repeat_of[i]) {
-                // A repeat: its first was stored now, or refused, so the repeat is a retry that finds it.
-                (_, Some(first)) => match &results[first] {
-                    Some(_) => Committed::Refused,
-                    None => Committed::Alone,
-                },
-                (Some(Committed::Stored(row)), None) => Committed::Stored(row.clone()),
-                (Some(_), None) => Committed::Refused,
-                (None, None) => Committed::Alone,
-            };
-            if let Some(pending) = answers[i].take() {
-                let _ = pending.answer.send(Ok(committed));
-            }
+        for (pending, committed) in answers {
+            let _ = pending.answer.send(Ok(committed));
         }
     }
 }
