@@ -96,6 +96,27 @@ free_port() {
 	return 1
 }
 
+# free_cluster_port [TAKEN...]: like free_port, for a Redis Cluster node, which also listens on
+# its cluster bus port PORT+10000: both free now, neither among TAKEN (ports picked but not bound
+# yet; pass each picked port and its bus port), both below the ephemeral range.
+free_cluster_port() {
+	local port i low=32768 taken=" $* "
+	if [[ -r /proc/sys/net/ipv4/ip_local_port_range ]]; then
+		read -r low _ </proc/sys/net/ipv4/ip_local_port_range || low=32768
+	fi
+	((low > 22000)) || low=32768
+	for ((i = 0; i < 500; i++)); do
+		port=$((10000 + RANDOM % (low - 20000)))
+		[[ $taken == *" $port "* || $taken == *" $((port + 10000)) "* ]] && continue
+		if ! port_in_use "$port" && ! port_in_use $((port + 10000)); then
+			printf '%s\n' "$port"
+			return 0
+		fi
+	done
+	chorus_warn "could not find a free pair of TCP ports (PORT, PORT+10000) on 127.0.0.1"
+	return 1
+}
+
 # wait_http URL TIMEOUT_S [PID]: wait until URL answers 2xx. With PID, give up
 # as soon as that process has died (no point waiting out the timeout).
 # --noproxy: an http_proxy in the environment must not capture loopback URLs.
@@ -329,10 +350,11 @@ _redis_ping() {
 	) 2>/dev/null
 }
 
-# start_private_redis DIR PORT: a throwaway Redis on 127.0.0.1:PORT that keeps
-# nothing on disk; pid, log and any dump stay in DIR.
+# start_private_redis DIR PORT [ARG...]: a throwaway Redis on 127.0.0.1:PORT that
+# keeps nothing on disk; pid, log and any dump stay in DIR. ARGs go to redis-server.
 start_private_redis() {
 	local dir=$1 port=$2 pid
+	shift 2
 	command -v redis-server >/dev/null 2>&1 || chorus_die "redis-server not found: run script/bootstrap"
 	mkdir -p "$dir"
 	dir=$(cd "$dir" && pwd -P)
@@ -346,7 +368,7 @@ start_private_redis() {
 	fi
 	chorus_log "starting Redis on 127.0.0.1:$port (log: $dir/redis.log)"
 	redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-		--daemonize yes --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
+		--daemonize yes --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" >/dev/null
 	local deadline=$((SECONDS + 30))
 	until _redis_ping "$port"; do
 		if ((SECONDS >= deadline)); then
@@ -374,6 +396,53 @@ stop_private_redis() {
 		fi
 	fi
 	rm -f "$dir/redis.pid"
+}
+
+# start_cluster_redis DIR PORT: one node of a throwaway Redis Cluster on
+# 127.0.0.1:PORT (its cluster bus on PORT+10000), with its cluster state
+# (nodes.conf), pid and log in DIR. Started again on the same DIR after a crash,
+# it rejoins its cluster (as a replica if its shard failed over meanwhile).
+# cluster-node-timeout 2000: a dead primary's replica takes over within seconds.
+start_cluster_redis() {
+	local dir=$1 port=$2
+	mkdir -p "$dir"
+	dir=$(cd "$dir" && pwd -P)
+	start_private_redis "$dir" "$port" --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+		--cluster-node-timeout 2000 --repl-diskless-sync-delay 0
+}
+
+# redis_cluster_pids DIR: the pids of the live nodes start_cluster_redis ran under
+# DIR/*/ (from their pid files), one per line.
+redis_cluster_pids() {
+	local f pid
+	for f in "$1"/*/redis.pid; do
+		[[ -f $f ]] || continue
+		pid=$(<"$f")
+		if pid_matches "$pid" redis-server; then printf '%s\n' "$pid"; fi
+	done
+}
+
+# stop_redis_cluster DIR [PID...]: stop every node of the cluster under DIR, and
+# the PIDs (redis-server processes recorded elsewhere, checked again here);
+# fine if none runs.
+stop_redis_cluster() {
+	local dir=$1 pid pids=()
+	shift
+	for pid in "$@"; do
+		if pid_matches "$pid" redis-server; then pids+=("$pid"); fi
+	done
+	[[ -d $dir ]] && mapfile -t -O "${#pids[@]}" pids < <(redis_cluster_pids "$dir")
+	((${#pids[@]} > 0)) || return 0
+	chorus_log "stopping the Redis Cluster ($dir)"
+	kill -TERM "${pids[@]}" 2>/dev/null || true
+	for pid in "${pids[@]}"; do
+		if ! wait_pid_exit "$pid" 10; then
+			chorus_warn "Redis $pid ignored SIGTERM; killing it"
+			kill -KILL "$pid" 2>/dev/null || true
+			wait_pid_exit "$pid" 5 || true
+		fi
+	done
+	rm -f "$dir"/*/redis.pid
 }
 
 # ---------------------------------------------------------------------------
