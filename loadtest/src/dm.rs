@@ -210,7 +210,7 @@ pub async fn ladder(args: &Args, fleet: &Fleet, stats: &Stats, rates: &[f64]) ->
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut cpus_allowed = vec![("generator".to_owned(), procfs::cpus_allowed(std::process::id()))];
     cpus_allowed.push(("postgres".to_owned(), postgres_pid.and_then(procfs::cpus_allowed)));
-    cpus_allowed.push(("redis".to_owned(), args.redis_pid.and_then(procfs::cpus_allowed)));
+    cpus_allowed.push(("redis".to_owned(), args.redis_pid.first().copied().and_then(procfs::cpus_allowed)));
     for (i, pid) in args.server_pids.iter().enumerate() {
         cpus_allowed.push((format!("node {}", i + 1), procfs::cpus_allowed(*pid)));
     }
@@ -341,7 +341,7 @@ fn measure(args: &Args, rate: f64, a: &Reading, b: &Reading, xacts: i64, stored:
         postgres_cpu_s: postgres,
         generator_cpu_s: generator,
         nodes_cpu_s_per_million: (!args.server_pids.is_empty()).then(|| per_million(nodes, stored)).flatten(),
-        redis_cpu_s_per_million: args.redis_pid.and_then(|_| per_million(redis, stored)),
+        redis_cpu_s_per_million: args.redis_pid.first().and_then(|_| per_million(redis, stored)),
         postgres_cpu_s_per_million: postgres.and_then(|p| per_million(p, stored)),
         generator_cpu_s_per_million: per_million(generator, stored),
         cpu_s_per_million_deliveries: (!args.server_pids.is_empty() && delivered > 0)

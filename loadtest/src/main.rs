@@ -8,6 +8,7 @@ mod client;
 mod dm;
 mod plot;
 mod procfs;
+mod redis_meter;
 mod setup;
 mod sio;
 mod stats;
@@ -106,9 +107,10 @@ struct Args {
     /// Server process ids whose CPU time and memory to measure (nodes).
     #[arg(long, value_delimiter = ',')]
     server_pids: Vec<u32>,
-    /// Redis process id (its CPU counts towards the server side).
-    #[arg(long)]
-    redis_pid: Option<u32>,
+    /// Redis process ids, comma-separated (one server, or every primary and replica of a Redis
+    /// Cluster): their CPU counts towards the server side, and is reported per process.
+    #[arg(long, value_delimiter = ',')]
+    redis_pid: Vec<u32>,
     /// dm, small: PostgreSQL's postmaster pid (its CPU and its children's). Default: the parent of
     /// the generator's own backend, when PostgreSQL runs on this machine.
     #[arg(long)]
@@ -159,6 +161,12 @@ struct Step {
     errors: u64,
     server_cpu_s: f64,
     cpu_s_per_million_deliveries: Option<f64>,
+    /// The Redis part of `server_cpu_s`, in all and per million deliveries, and per process.
+    redis_cpu_s: f64,
+    redis_cpu_s_per_million_deliveries: Option<f64>,
+    nodes_cpu_s_per_million_deliveries: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    redis: Vec<redis_meter::Usage>,
     /// The generator's CPU as a share of the cores it may run on (≥ 0.9: bounded by the generator).
     generator_cpu_share: f64,
     within_bound: bool,
@@ -192,6 +200,10 @@ struct Report {
     server_cpu_s: f64,
     redis_cpu_s: f64,
     cpu_s_per_million_deliveries: Option<f64>,
+    redis_cpu_s_per_million_deliveries: Option<f64>,
+    /// Each Redis process's part of `redis_cpu_s`, with its port, role and publishes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    redis: Vec<redis_meter::Usage>,
     /// The generator's own CPU over the load phase, and as a share of the cores it may run on.
     generator_cpu_s: f64,
     generator_cpu_share: f64,
@@ -224,7 +236,7 @@ fn generator_cores() -> f64 {
 }
 
 fn server_cpu(args: &Args) -> (f64, f64) {
-    (procfs::total_cpu(&args.server_pids), args.redis_pid.and_then(procfs::cpu_seconds).unwrap_or(0.0))
+    (procfs::total_cpu(&args.server_pids), procfs::total_cpu(&args.redis_pid))
 }
 
 async fn launch(args: &Args, fixture: setup::Fixture, lifetime: Option<f64>) -> Fleet {
@@ -399,6 +411,8 @@ async fn run(args: &mut Args) -> Result<(), String> {
         }
     });
     let delivered_before = stats.counters.delivered.load(Ordering::Relaxed);
+    let redis_procs = redis_meter::Meter::new(&args.redis_pid);
+    let redis_before = redis_procs.read();
     let (cpu0, redis0) = server_cpu(args);
     let generator0 = procfs::own_cpu();
     let started = Instant::now();
@@ -416,14 +430,16 @@ async fn run(args: &mut Args) -> Result<(), String> {
                     stats.counters.drops.load(Ordering::Relaxed),
                 );
                 let errors0 = stats.counters.send_errors.load(Ordering::Relaxed);
-                let (c0, r0) = server_cpu(args);
+                let (c0, _) = server_cpu(args);
+                let redis0 = redis_procs.read();
                 let g0 = procfs::own_cpu();
                 let t0 = Instant::now();
                 drive(&fleet, step_rate, args.step_secs as f64).await;
                 // Deliveries of the step's last messages land shortly after.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let elapsed = t0.elapsed().as_secs_f64();
-                let (c1, r1) = server_cpu(args);
+                let (c1, _) = server_cpu(args);
+                let redis1 = redis_procs.read();
                 let generator_cpu_share = (procfs::own_cpu() - g0) / elapsed / generator_cores();
                 let mut window = stats.latency.lock().map(|h| h.clone()).map_err(|_| "lock")?;
                 let _ = window.subtract(&before);
@@ -431,7 +447,10 @@ async fn run(args: &mut Args) -> Result<(), String> {
                 let drops = stats.counters.drops.load(Ordering::Relaxed) - drops0;
                 let errors = stats.counters.send_errors.load(Ordering::Relaxed) - errors0;
                 let latency = quantiles(&window);
-                let cpu = (c1 - c0) + (r1 - r0);
+                let redis = redis_procs.usage(&redis0, &redis1, delivered);
+                let redis_cpu = redis_meter::total_cpu(&redis);
+                let cpu = (c1 - c0) + redis_cpu;
+                let per_million = |cpu: f64| (delivered > 0).then(|| cpu / delivered as f64 * 1e6);
                 let within = latency.p99_ms <= args.p99_bound_ms && drops == 0 && errors == 0 && delivered > 0;
                 eprintln!(
                     "step {step_rate} msg/s: delivered/s {:.0}, p99 {:.2} ms, drops {drops}, errors {errors} -> {}",
@@ -439,6 +458,9 @@ async fn run(args: &mut Args) -> Result<(), String> {
                     latency.p99_ms,
                     if within { "within bound" } else { "over bound" }
                 );
+                if !redis.is_empty() {
+                    eprintln!("  redis: {}", redis_meter::describe(&redis));
+                }
                 steps.push(Step {
                     rate: step_rate,
                     sent_per_s: (stats.counters.sent.load(Ordering::Relaxed) - sent0) as f64 / elapsed,
@@ -449,6 +471,10 @@ async fn run(args: &mut Args) -> Result<(), String> {
                     server_cpu_s: cpu,
                     cpu_s_per_million_deliveries: (delivered > 0 && !args.server_pids.is_empty())
                         .then(|| cpu / delivered as f64 * 1e6),
+                    redis_cpu_s: redis_cpu,
+                    redis_cpu_s_per_million_deliveries: per_million(redis_cpu).filter(|_| !redis.is_empty()),
+                    nodes_cpu_s_per_million_deliveries: per_million(c1 - c0).filter(|_| !args.server_pids.is_empty()),
+                    redis,
                     generator_cpu_share,
                     within_bound: within,
                 });
@@ -469,6 +495,7 @@ async fn run(args: &mut Args) -> Result<(), String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu1, redis1) = server_cpu(args);
+    let redis_after = redis_procs.read();
     let generator_cpu_s = procfs::own_cpu() - generator0;
     if rss_after.is_empty() {
         rss_after = args.server_pids.iter().filter_map(|p| procfs::rss_kib(*p)).collect();
@@ -480,6 +507,7 @@ async fn run(args: &mut Args) -> Result<(), String> {
     let delivered = c.delivered.load(Ordering::Relaxed) - delivered_before;
     let server_cpu_s = cpu1 - cpu0;
     let redis_cpu_s = redis1 - redis0;
+    let redis = redis_procs.usage(&redis_before, &redis_after, delivered);
     let connected_peak = connections as f64;
     let rss_per_conn = (!rss_before.is_empty() && rss_after.len() == rss_before.len()).then(|| {
         let grown: i64 = rss_after.iter().zip(&rss_before).map(|(a, b)| *a as i64 - *b as i64).sum();
@@ -519,6 +547,9 @@ async fn run(args: &mut Args) -> Result<(), String> {
         redis_cpu_s,
         cpu_s_per_million_deliveries: (delivered > 0 && !args.server_pids.is_empty())
             .then(|| (server_cpu_s + redis_cpu_s) / delivered as f64 * 1e6),
+        redis_cpu_s_per_million_deliveries: (delivered > 0 && !args.redis_pid.is_empty())
+            .then(|| redis_cpu_s / delivered as f64 * 1e6),
+        redis,
         generator_cpu_s,
         generator_cpu_share: generator_cpu_s / elapsed.max(1e-9) / generator_cores(),
         server_rss_kib_before: rss_before,
@@ -581,6 +612,9 @@ fn print_summary(r: &Report) {
     ];
     for (k, v) in rows {
         println!("| {k} | {v} |");
+    }
+    if !r.redis.is_empty() {
+        println!("| redis per process | {} |", redis_meter::describe(&r.redis));
     }
     if let Some(cpu) = r.cpu_s_per_million_deliveries {
         println!("| CPU-s per million deliveries | {cpu:.1} |");
