@@ -5,16 +5,20 @@
 //! step at a time with a start and an end: a node SIGKILLed then restarted, another drained
 //! (SIGTERM) then restarted, Redis killed and restarted, PostgreSQL restarted, one node cut off
 //! from Redis (through a proxy in this process, `proxy.rs`) then healed, and a user that stops
-//! reading. Users reconnect and `sync` as PROTOCOL.md §10 says (`member.rs`). At the end every
+//! reading. Against a Redis Cluster (`CHORUS_REDIS_MODE=cluster`) the Redis fault is a primary
+//! SIGKILLed, its replica promoted, and the killed server started again to rejoin as a replica
+//! (`redis_cluster.rs`). Users reconnect and `sync` as PROTOCOL.md §10 says (`member.rs`). At the end every
 //! acknowledged message is checked against every member of its room: received exactly once (after
 //! seq de-duplication) and in order, live or by sync. The run fails on any acknowledged message
 //! lost, any seq delivered out of order on the live stream, any seq carrying two different
 //! messages, or any committed message some member never got. `report.rs` writes the figures per
-//! fault (`--chaos-doc`, docs/RESILIENCE.md) and a timeline SVG beside it.
+//! fault (`--chaos-doc`, docs/RESILIENCE.md) and a timeline SVG beside it; `--chaos-render`
+//! writes one document from the JSON reports of several runs (one per Redis mode).
 
 mod cluster;
 mod member;
 mod proxy;
+mod redis_cluster;
 mod report;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,11 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::setup;
-use cluster::Cluster;
+use cluster::{Cluster, RedisMode};
 use member::{Final, Live, Shared, Spec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -45,6 +49,9 @@ pub enum FaultKind {
     Partition,
     /// One user of a large room stops reading for 2 × `--chaos-fault-s`.
     SlowConsumer,
+    /// Redis Cluster: SIGKILL of the primary serving the most of the run's messages; once its
+    /// replica is promoted and `--chaos-fault-s` have passed, it is started again (a replica now).
+    PrimaryKill,
 }
 
 impl FaultKind {
@@ -56,6 +63,38 @@ impl FaultKind {
             FaultKind::PostgresRestart => "postgres-restart",
             FaultKind::Partition => "partition",
             FaultKind::SlowConsumer => "slow-consumer",
+            FaultKind::PrimaryKill => "primary-kill",
+        }
+    }
+
+    /// Whether the fault means anything against this Redis. A cluster does not go down as a
+    /// whole when one server does (`redis-restart`), and its nodes learn the other members'
+    /// addresses from the cluster, so one proxy cannot stand between a node and all of Redis
+    /// (`partition`); a single Redis has no primary to fail over (`primary-kill`).
+    fn fits(self, mode: RedisMode) -> bool {
+        match self {
+            FaultKind::RedisRestart | FaultKind::Partition => mode == RedisMode::Single,
+            FaultKind::PrimaryKill => mode == RedisMode::Cluster,
+            _ => true,
+        }
+    }
+}
+
+/// The faults a run has when `--chaos-faults` does not say: every one that fits the Redis mode, the
+/// node faults last (until then users are spread over every node). The slow consumer does not
+/// involve Redis: it runs once, against a single Redis.
+fn default_faults(mode: RedisMode) -> Vec<FaultKind> {
+    match mode {
+        RedisMode::Single => vec![
+            FaultKind::RedisRestart,
+            FaultKind::Partition,
+            FaultKind::PostgresRestart,
+            FaultKind::SlowConsumer,
+            FaultKind::NodeDrain,
+            FaultKind::NodeKill,
+        ],
+        RedisMode::Cluster => {
+            vec![FaultKind::PrimaryKill, FaultKind::PostgresRestart, FaultKind::NodeDrain, FaultKind::NodeKill]
         }
     }
 }
@@ -66,13 +105,10 @@ pub struct ChaosArgs {
     /// Redis and PostgreSQL). Its nodes' environment gives the database, Redis and secret.
     #[arg(long)]
     pub chaos_cluster_dir: Option<PathBuf>,
-    /// Chaos: the faults, in this order.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "redis-restart,partition,postgres-restart,slow-consumer,node-drain,node-kill"
-    )]
+    /// Chaos: the faults, in this order. Default: against a single Redis
+    /// redis-restart,partition,postgres-restart,slow-consumer,node-drain,node-kill; against a
+    /// Redis Cluster primary-kill,postgres-restart,node-drain,node-kill.
+    #[arg(long, value_enum, value_delimiter = ',')]
     pub chaos_faults: Vec<FaultKind>,
     /// Chaos: seconds a fault lasts (a node, Redis or PostgreSQL down; the partition).
     #[arg(long, default_value_t = 8.0)]
@@ -92,12 +128,16 @@ pub struct ChaosArgs {
     /// Chaos: a hand-written list of what the runs found and what was fixed, copied into the report.
     #[arg(long, default_value = "loadtest/chaos-findings.md")]
     pub chaos_findings: PathBuf,
+    /// Chaos: run nothing; write `--chaos-doc` from these JSON reports of earlier runs (`--out`),
+    /// one section each (loadtest/chaos: one run per Redis mode).
+    #[arg(long, value_delimiter = ',')]
+    pub chaos_render: Vec<PathBuf>,
 }
 
 /// One fault as it ran: seconds since the load started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FaultRun {
-    pub name: &'static str,
+    pub name: String,
     pub target: String,
     pub start_s: f64,
     pub end_s: f64,
@@ -108,7 +148,7 @@ pub struct FaultRun {
 }
 
 /// The checker's figures for one fault (its window: from its start to the next fault's start).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FaultFigures {
     pub fault: FaultRun,
     pub window_end_s: f64,
@@ -128,7 +168,7 @@ pub struct FaultFigures {
     pub delivered_by_sync: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     pub acknowledged: u64,
     /// Acknowledged messages × members that never received them.
@@ -146,11 +186,19 @@ pub struct Verdict {
     pub passed: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ChaosReport {
     pub command: String,
     pub reproduce: String,
     pub commit: String,
+    /// The nodes' `CHORUS_REDIS_MODE`.
+    #[serde(default = "single")]
+    pub redis_mode: RedisMode,
+    /// What Redis was (one server; the cluster's primaries, replicas and node timeout).
+    #[serde(default)]
+    pub redis: String,
+    #[serde(default)]
+    pub settle_s: f64,
     /// Cores and load average (1, 5, 15 min) at the start and at the end: the machine is shared.
     pub machine: String,
     pub nodes: usize,
@@ -174,6 +222,10 @@ pub struct ChaosReport {
     pub faults: Vec<FaultFigures>,
     pub timeline: Vec<report::Second>,
     pub health: Vec<(f64, f64)>,
+}
+
+fn single() -> RedisMode {
+    RedisMode::Single
 }
 
 /// Snapshot of the counters a fault window is measured between.
@@ -225,10 +277,19 @@ impl Run {
 
 pub async fn run(args: &crate::Args) -> Result<(), String> {
     let c = &args.chaos;
+    if !c.chaos_render.is_empty() {
+        return render(c);
+    }
     let load_at_start = load_average();
     let dir =
         c.chaos_cluster_dir.clone().ok_or("chaos needs --chaos-cluster-dir (a script/server --detach cluster)")?;
     let mut cluster = Cluster::open(&dir)?;
+    let mode = cluster.redis_mode;
+    let faults = if c.chaos_faults.is_empty() { default_faults(mode) } else { c.chaos_faults.clone() };
+    if let Some(misfit) = faults.iter().find(|f| !f.fits(mode)) {
+        return Err(format!("the fault {} does not apply to CHORUS_REDIS_MODE={}", misfit.name(), mode.name()));
+    }
+    let redis = describe_redis(&cluster).await?;
     let first = &cluster.nodes[0];
     let database_url = first.env("DATABASE_URL").ok_or("the nodes have no DATABASE_URL")?;
     let secret = match &args.jwt_secret {
@@ -242,7 +303,7 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
 
     // The partitioned node reaches Redis through the proxy from the start (restarted once, before
     // any load).
-    let proxy = if c.chaos_faults.contains(&FaultKind::Partition) {
+    let proxy = if faults.contains(&FaultKind::Partition) {
         let proxy = proxy::Proxy::start(([127, 0, 0, 1], cluster.redis_port).into()).await?;
         let node = &mut cluster.nodes[partition_target];
         node.set_env("REDIS_URL", &format!("redis://127.0.0.1:{}/", proxy.port));
@@ -275,12 +336,22 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
     let connections = users.len();
     let rate = args.rate.unwrap_or(200.0);
     eprintln!(
-        "chaos: {connections} users ({} rooms of {big_size}, {} rooms of 2) on {} nodes, {rate} msg/s, faults {:?}",
+        "chaos: {connections} users ({} rooms of {big_size}, {} rooms of 2) on {} nodes, {redis}, {rate} msg/s, faults {:?}",
         big_users / big_size,
         small_users / 2,
         cluster.nodes.len(),
-        c.chaos_faults.iter().map(|f| f.name()).collect::<Vec<_>>()
+        faults.iter().map(|f| f.name()).collect::<Vec<_>>()
     );
+    // Cluster mode: each room's share of the messages (its size), by the slot of its channel.
+    let partitions: u128 =
+        cluster.nodes[0].env("CHORUS_REDIS_PARTITIONS").and_then(|p| p.parse().ok()).unwrap_or(128).max(1);
+    let mut slot_weights: HashMap<u16, f64> = HashMap::new();
+    for (i, room) in rooms.iter().enumerate() {
+        // As chorus::kv::Names: a room's channel is tagged {p:<room id mod partitions>}.
+        let slot = redis_cluster::key_slot(&format!("p:{}", room.as_u128() % partitions));
+        let size = room_of.iter().filter(|r| **r == i).count() as f64;
+        *slot_weights.entry(slot).or_default() += size;
+    }
 
     let shared = Arc::new(Shared::new(rooms.len()));
     let (stop, stop_rx) = watch::channel(false);
@@ -329,8 +400,8 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
     let hold = Duration::from_secs_f64(c.chaos_fault_s);
     tokio::time::sleep(settle).await;
     let mut marks = Vec::new();
-    let mut faults = Vec::new();
-    for &kind in &c.chaos_faults {
+    let mut runs = Vec::new();
+    for &kind in &faults {
         marks.push(run.mark());
         let start_s = shared.started.elapsed().as_secs_f64();
         eprintln!("chaos: [{start_s:>6.1}s] {} begins", kind.name());
@@ -343,6 +414,7 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
                 node_down(&mut cluster, drain_target, "TERM", Duration::from_millis(500)).await,
             ),
             FaultKind::RedisRestart => ("redis".to_owned(), redis_down(&mut cluster, hold).await),
+            FaultKind::PrimaryKill => primary_kill(&mut cluster, &slot_weights, hold).await,
             FaultKind::PostgresRestart => ("postgres".to_owned(), postgres_down(&cluster, hold).await),
             FaultKind::Partition => {
                 let outcome = match &proxy {
@@ -380,7 +452,7 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
             }
         };
         eprintln!("chaos: [{end_s:>6.1}s] {} ends: {detail}", kind.name());
-        faults.push(FaultRun { name: kind.name(), target, start_s, end_s, detail, error });
+        runs.push(FaultRun { name: kind.name().to_owned(), target, start_s, end_s, detail, error });
         tokio::time::sleep(settle).await;
     }
     marks.push(run.mark());
@@ -466,10 +538,10 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
         && verdict.committed_not_received == 0
         && verdict.id_conflicts == 0
         && verdict.out_of_order == 0
-        && faults.iter().all(|f| f.error.is_none());
+        && runs.iter().all(|f| f.error.is_none());
 
     let timeline = report::seconds(&shared);
-    let figures: Vec<FaultFigures> = faults
+    let figures: Vec<FaultFigures> = runs
         .iter()
         .zip(marks.windows(2))
         .map(|(fault, pair)| {
@@ -510,6 +582,9 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
         command: command.join(" "),
         reproduce: c.chaos_reproduce.clone(),
         commit,
+        redis_mode: mode,
+        redis,
+        settle_s: c.chaos_settle_s,
         machine: format!(
             "{} cores; load average {} at the start, {} at the end",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -543,7 +618,7 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
     std::fs::write(&args.out, json).map_err(|e| format!("write {}: {e}", args.out.display()))?;
     if let Some(doc) = &c.chaos_doc {
         let findings = std::fs::read_to_string(&c.chaos_findings).ok();
-        report::write_doc(&report, doc, findings.as_deref())?;
+        report::write_doc(std::slice::from_ref(&report), doc, findings.as_deref())?;
         eprintln!("chaos: report written to {}", doc.display());
     }
     if report.verdict.passed {
@@ -551,6 +626,40 @@ pub async fn run(args: &crate::Args) -> Result<(), String> {
     } else {
         Err(format!("chaos check FAILED: {:?}", report.verdict))
     }
+}
+
+/// `--chaos-render`: one document from the reports of earlier runs.
+fn render(c: &ChaosArgs) -> Result<(), String> {
+    let doc = c.chaos_doc.as_ref().ok_or("--chaos-render needs --chaos-doc")?;
+    let mut reports = Vec::new();
+    for path in &c.chaos_render {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let report: ChaosReport = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        reports.push(report);
+    }
+    let findings = std::fs::read_to_string(&c.chaos_findings).ok();
+    report::write_doc(&reports, doc, findings.as_deref())?;
+    eprintln!("chaos: report written to {}", doc.display());
+    Ok(())
+}
+
+/// What the nodes' Redis is, for the report.
+async fn describe_redis(cluster: &Cluster) -> Result<String, String> {
+    if cluster.redis_mode == RedisMode::Single {
+        return Ok("one Redis server".to_owned());
+    }
+    let nodes = redis_cluster::topology(&cluster.redis_ports).await?;
+    let primaries = nodes.iter().filter(|n| n.primary && !n.slots.is_empty()).count();
+    let timeout = match redis_cluster::command(cluster.redis_ports[0], &["CONFIG", "GET", "cluster-node-timeout"]).await
+    {
+        Ok(redis_cluster::Resp::Array(Some(pair))) => pair.get(1).and_then(redis_cluster::Resp::text),
+        _ => None,
+    };
+    Ok(format!(
+        "a Redis Cluster of {primaries} primaries and {} replicas (cluster-node-timeout {} ms)",
+        nodes.len() - primaries,
+        timeout.unwrap_or_else(|| "?".into())
+    ))
 }
 
 /// The 1, 5 and 15 minute load averages.
@@ -596,6 +705,143 @@ async fn redis_down(cluster: &mut Cluster, down: Duration) -> Result<String, Str
         down.as_secs_f64(),
         t.elapsed().as_secs_f64()
     ))
+}
+
+/// Redis Cluster: SIGKILLs the primary serving the most of the run's messages (by the slots of
+/// the rooms' channels) and measures the failover: until its replica is promoted (the cluster's
+/// state ok again), until every node has resubscribed (its `redis_reconnects_total` moved on and
+/// then stayed put) and is ready. Once `down` has
+/// passed, and not before the promotion (a primary back in time takes its slots back and there is
+/// no failover), it starts the killed server again as it ran and waits until it is a replica with
+/// its link up. Returns the target and what happened.
+async fn primary_kill(
+    cluster: &mut Cluster,
+    slot_weights: &HashMap<u16, f64>,
+    down: Duration,
+) -> (String, Result<String, String>) {
+    let nodes = match redis_cluster::topology(&cluster.redis_ports).await {
+        Ok(nodes) => nodes,
+        Err(e) => return ("redis primary".to_owned(), Err(e)),
+    };
+    let share = |n: &redis_cluster::ClusterNode| -> f64 {
+        slot_weights.iter().filter(|(slot, _)| n.serves(**slot)).map(|(_, w)| w).sum()
+    };
+    let target = nodes
+        .iter()
+        .filter(|n| n.primary && !n.failing && !n.slots.is_empty())
+        .filter(|n| nodes.iter().any(|r| r.primary_id.as_deref() == Some(n.id.as_str()) && !r.failing))
+        .max_by(|a, b| share(a).total_cmp(&share(b)));
+    let Some(target) = target.cloned() else {
+        return ("redis primary".to_owned(), Err("no primary with a live replica".to_owned()));
+    };
+    let total: f64 = slot_weights.values().sum();
+    let percent = 100.0 * share(&target) / total.max(1.0);
+    let label = format!("redis :{} (primary, {percent:.0}% of messages)", target.port);
+    let others: Vec<u16> = nodes.iter().filter(|n| n.port != target.port && !n.failing).map(|n| n.port).collect();
+    (
+        label,
+        primary_kill_steps(cluster, &target, others, down)
+            .await
+            .map(|d| format!("{d}; it served {} slots", target.slot_count())),
+    )
+}
+
+async fn primary_kill_steps(
+    cluster: &mut Cluster,
+    target: &redis_cluster::ClusterNode,
+    others: Vec<u16>,
+    down: Duration,
+) -> Result<String, String> {
+    let killed = redis_cluster::pid_of(target.port).await?;
+    let mut reconnects = Vec::new();
+    for node in &cluster.nodes {
+        reconnects.push(redis_reconnects(node.port).await.ok_or(format!("{}: no /metrics", node.name))?);
+    }
+    let slot = target.slots.first().map_or(0, |r| r.0);
+    let t0 = Instant::now();
+    cluster::signal(killed, "KILL")?;
+    if !cluster::wait_gone(killed, Duration::from_secs(5)).await {
+        return Err(format!("redis-server pid {killed} still running 5 s after SIGKILL"));
+    }
+    let deadline = t0 + Duration::from_secs(60);
+    let new_primary = loop {
+        if let Ok(now) = redis_cluster::topology(&others).await {
+            let promoted = now.iter().find(|n| n.primary && !n.failing && n.port != target.port && n.serves(slot));
+            if let Some(p) = promoted {
+                let state = redis_cluster::info(p.port, &["CLUSTER", "INFO"]).await.unwrap_or_default();
+                if state.iter().any(|(k, v)| k == "cluster_state" && v == "ok") {
+                    break p.port;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no replica promoted for :{} within 60 s", target.port));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let promoted_at = Instant::now();
+    let promoted_s = (promoted_at - t0).as_secs_f64();
+    // Resubscribed: a node reconnects when the primary's connection drops (often before the
+    // failover: SSUBSCRIBE works on the replica too) and again once it sees the slot owners
+    // change (it checks every 2 s), so the count alone says little. Settled: every node ready and
+    // past its count before the kill, and no count moved for `QUIET` after the promotion; the
+    // time is that of the last change seen.
+    const QUIET: Duration = Duration::from_secs(3);
+    let deadline = promoted_at + Duration::from_secs(60);
+    let mut counts = reconnects.clone();
+    let mut settled_at = promoted_at;
+    loop {
+        let mut settled = true;
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let count = redis_reconnects(node.port).await;
+            if count.is_some_and(|c| c != counts[i]) {
+                counts[i] = count.unwrap_or(counts[i]);
+                settled_at = Instant::now();
+            }
+            if counts[i] <= reconnects[i] || cluster::http_status(node.port, "/readyz").await != Some(200) {
+                settled = false;
+                settled_at = Instant::now();
+            }
+        }
+        if settled && settled_at.elapsed() >= QUIET {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the nodes not resubscribed and ready 60 s after the promotion".to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_s = (settled_at - t0).as_secs_f64();
+    let reconnected: u64 = counts.iter().zip(&reconnects).map(|(after, before)| after - before).sum();
+    tokio::time::sleep(down.saturating_sub(t0.elapsed())).await;
+    let down_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    cluster.start_cluster_redis(target.port).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let primary = loop {
+        if let Some(primary) = redis_cluster::replica_of(target.port).await {
+            break primary;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the restarted :{} not a connected replica after 60 s", target.port));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(format!(
+        "SIGKILL to pid {killed}; replica :{new_primary} promoted after {promoted_s:.1} s; every node resubscribed \
+         and ready {ready_s:.1} s after the kill ({reconnected} reconnects in all); restarted after {down_s:.1} s down, a replica of :{primary} in {:.1} s",
+        t1.elapsed().as_secs_f64()
+    ))
+}
+
+/// A node's `chorus_redis_reconnects_total` (pub/sub connections made, every channel subscribed).
+async fn redis_reconnects(port: u16) -> Option<u64> {
+    let metrics = cluster::http_body(port, "/metrics").await?;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chorus_redis_reconnects_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 async fn postgres_down(cluster: &Cluster, down: Duration) -> Result<String, String> {

@@ -1,7 +1,8 @@
 //! The `script/server --detach` cluster the scenario breaks: its nodes (from the cluster's pids
 //! file; each restarted with the binary, working directory and environment it ran with, read from
-//! /proc), its private Redis and PostgreSQL (through `script/lib.sh`, which started them). Only
-//! processes of this cluster are ever signalled: the machine's own services are never touched.
+//! /proc), its private Redis and PostgreSQL (through `script/lib.sh`, which started them), or in
+//! `CHORUS_REDIS_MODE=cluster` its Redis Cluster (`redis_cluster.rs`). Only processes of this
+//! cluster are ever signalled: the machine's own services are never touched.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -33,9 +34,29 @@ impl Node {
     }
 }
 
+/// How the nodes use Redis (their `CHORUS_REDIS_MODE`): the faults differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisMode {
+    Single,
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisMode::Single => "single",
+            RedisMode::Cluster => "cluster",
+        }
+    }
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<Node>,
+    pub redis_mode: RedisMode,
+    /// The Redis the nodes were given: the one server, or the Redis Cluster's seed nodes.
+    pub redis_ports: Vec<u16>,
     pub redis_port: u16,
     pub pg_port: u16,
     lib_sh: PathBuf,
@@ -58,7 +79,7 @@ pub fn running(pid: u32) -> bool {
     }
 }
 
-fn signal(pid: u32, sig: &str) -> Result<(), String> {
+pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
     let status = std::process::Command::new("kill")
         .args(["-s", sig, &pid.to_string()])
         .status()
@@ -70,7 +91,7 @@ fn signal(pid: u32, sig: &str) -> Result<(), String> {
     }
 }
 
-async fn wait_gone(pid: u32, within: Duration) -> bool {
+pub async fn wait_gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while running(pid) {
         if Instant::now() > deadline {
@@ -79,6 +100,22 @@ async fn wait_gone(pid: u32, within: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
+}
+
+/// The body of `GET path` on 127.0.0.1:port (HTTP/1.0: the body runs to the end), if it answers
+/// within two seconds.
+pub async fn http_body(port: u16, path: &str) -> Option<String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
 }
 
 /// The status of `GET path` on 127.0.0.1:port, if it answers within a second.
@@ -136,13 +173,30 @@ impl Cluster {
         }
         nodes.sort_by_key(|n| n.name.trim_start_matches("node-").parse::<u32>().unwrap_or(0));
         let first = nodes.first().ok_or("no running node in the pids file")?;
-        let redis_port = first.env("REDIS_URL").as_deref().and_then(url_port).ok_or("no port in REDIS_URL")?;
+        let redis_mode = match first.env("CHORUS_REDIS_MODE").as_deref().unwrap_or("single") {
+            "single" => RedisMode::Single,
+            "cluster" => RedisMode::Cluster,
+            other => return Err(format!("the nodes run CHORUS_REDIS_MODE={other}: chaos knows single and cluster")),
+        };
+        let redis_url = first.env("REDIS_URL").ok_or("the nodes have no REDIS_URL")?;
+        // In cluster mode a comma-separated list of seed nodes.
+        let redis_ports: Vec<u16> = redis_url.split(',').filter_map(url_port).collect();
+        let redis_port = *redis_ports.first().ok_or("no port in REDIS_URL")?;
         let pg_port = first.env("DATABASE_URL").as_deref().and_then(url_port).ok_or("no port in DATABASE_URL")?;
         let lib_sh = first.cwd.join("script/lib.sh");
         if !lib_sh.exists() {
             return Err(format!("{} not found (the nodes' working directory is not the repository)", lib_sh.display()));
         }
-        Ok(Cluster { dir: dir.to_owned(), nodes, redis_port, pg_port, lib_sh, children: Vec::new() })
+        Ok(Cluster {
+            dir: dir.to_owned(),
+            nodes,
+            redis_mode,
+            redis_ports,
+            redis_port,
+            pg_port,
+            lib_sh,
+            children: Vec::new(),
+        })
     }
 
     /// Sends `sig` to node `i` and waits (up to `within`) for it to exit.
@@ -228,6 +282,27 @@ impl Cluster {
     pub async fn start_redis(&self) -> Result<(), String> {
         let dir = self.redis_dir();
         self.lib(&format!("start_private_redis {} {}", quote(&dir), self.redis_port)).await
+    }
+
+    /// Cluster mode: starts the Redis Cluster node of `port` again on its directory, as
+    /// script/server started it (its nodes.conf makes it rejoin as the node it was); returns its pid,
+    /// recorded in the pids file as script/server records them.
+    pub async fn start_cluster_redis(&mut self, port: u16) -> Result<u32, String> {
+        let dir = self.dir.join("redis-cluster").join(port.to_string());
+        if !dir.join("nodes.conf").exists() {
+            return Err(format!("{}: no nodes.conf (not a script/server Redis Cluster node)", dir.display()));
+        }
+        self.lib(&format!("start_cluster_redis {} {port}", quote(&dir))).await?;
+        let pid: u32 = std::fs::read_to_string(dir.join("redis.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| format!("{}: no redis.pid after the start", dir.display()))?;
+        let mut pids = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("pids"))
+            .map_err(|e| format!("pids file: {e}"))?;
+        writeln!(pids, "redis-{port} {pid} redis-server").map_err(|e| e.to_string())?;
+        Ok(pid)
     }
 
     pub async fn stop_postgres(&self) -> Result<(), String> {
