@@ -463,12 +463,32 @@ fn by_slot(names: &Names, channels: impl IntoIterator<Item = String>) -> Vec<Vec
     groups.into_values().flat_map(|group| group.chunks(500).map(<[String]>::to_vec).collect::<Vec<_>>()).collect()
 }
 
-/// The primaries' slot ranges, as one node of the cluster sees them.
+/// The sharded subscriber's heartbeat, as [`PUBSUB_PING_EVERY`] is the single server's: one PING to
+/// every primary over the subscriber's own connections (those that hold the subscriptions; RESP3
+/// answers a command between pushes). A primary that stops answering without closing anything (a
+/// stopped process, a host cut off) would otherwise leave the node waiting for its messages while
+/// it believes itself connected, for as long as the cluster takes to fail it over, or forever.
+async fn ping_primaries(conn: &mut redis::cluster_async::ClusterConnection) -> Result<(), String> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+    let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
+    match tokio::time::timeout(PUBSUB_PING_TIMEOUT, conn.route_command(redis::cmd("PING"), route)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("PING on the sharded pub/sub connection failed: {e}")),
+        Err(_) => Err(format!("a primary did not answer PING within {PUBSUB_PING_TIMEOUT:?}: unreachable")),
+    }
+}
+
+/// The primaries' slot ranges, as one node of the cluster sees them. Bounded by its own timeout,
+/// not only the client's response timeout (`CHORUS_DB_POOL_TIMEOUT_MS`, maybe long): the
+/// subscriber's loop waits on it.
 async fn slot_owners(conn: &mut redis::cluster_async::ClusterConnection) -> Result<Vec<(i64, i64, String)>, String> {
     use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
     let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
-    let value =
-        conn.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), route).await.map_err(|e| e.to_string())?;
+    let asking = conn.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), route);
+    let value = tokio::time::timeout(PUBSUB_PING_TIMEOUT, asking)
+        .await
+        .map_err(|_| format!("no answer to CLUSTER SLOTS within {PUBSUB_PING_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
     let redis::Value::Array(ranges) = value else { return Err("CLUSTER SLOTS: not an array".into()) };
     let mut owners = Vec::with_capacity(ranges.len());
     for range in ranges {
@@ -484,9 +504,10 @@ async fn slot_owners(conn: &mut redis::cluster_async::ClusterConnection) -> Resu
     Ok(owners)
 }
 
-/// How often the sharded subscriber compares the cluster's slot owners with those it subscribed
-/// under: a replica promoted in place tells its old primary's subscribers nothing at all.
-const OWNER_CHECK: Duration = Duration::from_secs(2);
+/// How often the sharded subscriber PINGs every primary ([`ping_primaries`]) and compares the
+/// cluster's slot owners with those it subscribed under: a replica promoted in place tells its old
+/// primary's subscribers nothing at all.
+const OWNER_CHECK: Duration = PUBSUB_PING_EVERY;
 
 impl Subscriber {
     /// Cluster mode: sharded pub/sub on a connection of its own. The library does not keep sharded
@@ -501,13 +522,21 @@ impl Subscriber {
         let mut conn = tokio::time::timeout(Duration::from_secs(5), self.redis.cluster_subscriber(push_tx))
             .await
             .map_err(|_| "connect timed out".to_owned())??;
-        let mut watch = match self.redis.connection().await? {
+        let watch = tokio::time::timeout(Duration::from_secs(5), self.redis.connection())
+            .await
+            .map_err(|_| "connect timed out".to_owned())??;
+        let mut watch = match watch {
             crate::kv::Conn::Cluster(conn) => conn,
             crate::kv::Conn::Plain(_) => return Err("not a cluster".into()),
         };
         let owners = slot_owners(&mut watch).await?;
+        // Bounded, here and in the loop: a primary that does not answer (stopped, cut off) would
+        // otherwise hold this task, and every subscription request queued behind it, for good.
         for group in by_slot(&names, self.wanted.iter().cloned()) {
-            conn.ssubscribe(&group).await.map_err(|e| e.to_string())?;
+            tokio::time::timeout(PUBSUB_COMMAND_TIMEOUT, conn.ssubscribe(&group))
+                .await
+                .map_err(|_| "SSUBSCRIBE timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
         }
         self.connected.store(true, Ordering::Relaxed);
         self.metrics.redis_connected.set(1);
@@ -518,6 +547,7 @@ impl Subscriber {
             return Ok(());
         }
         let mut check = tokio::time::interval_at(tokio::time::Instant::now() + OWNER_CHECK, OWNER_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let again = tokio::time::sleep(CATCH_UP_AGAIN);
         tokio::pin!(again);
         let mut caught_up_again = false;
@@ -562,7 +592,7 @@ impl Subscriber {
                             let fresh: Vec<String> = channels.into_iter().filter(|c| self.wanted.insert(c.clone())).collect();
                             let mut ok = true;
                             for group in by_slot(&names, fresh) {
-                                ok &= conn.ssubscribe(&group).await.is_ok();
+                                ok &= matches!(tokio::time::timeout(PUBSUB_COMMAND_TIMEOUT, conn.ssubscribe(&group)).await, Ok(Ok(())));
                             }
                             let _ = ack.send(ok);
                             self.metrics.subscribed_channels.set(self.wanted.len() as i64);
@@ -574,7 +604,7 @@ impl Subscriber {
                             let gone: Vec<String> = channels.into_iter().filter(|c| self.wanted.remove(c)).collect();
                             self.metrics.subscribed_channels.set(self.wanted.len() as i64);
                             for group in by_slot(&names, gone) {
-                                if conn.sunsubscribe(&group).await.is_err() {
+                                if !matches!(tokio::time::timeout(PUBSUB_COMMAND_TIMEOUT, conn.sunsubscribe(&group)).await, Ok(Ok(()))) {
                                     return Err("SUNSUBSCRIBE failed".into());
                                 }
                             }
@@ -582,6 +612,7 @@ impl Subscriber {
                     }
                 }
                 _ = check.tick() => {
+                    ping_primaries(&mut conn).await?;
                     if slot_owners(&mut watch).await? != owners {
                         return Err("the cluster's slot owners changed".into());
                     }

@@ -105,10 +105,15 @@ impl WsClient {
 
     /// Sends an event with a fresh `ref` and returns the reply's `data` (other events are buffered).
     pub async fn request(&mut self, event: &str, data: Value) -> Value {
+        self.request_within(event, data, WAIT).await
+    }
+
+    /// `request`, for a reply that may take longer than [`WAIT`].
+    pub async fn request_within(&mut self, event: &str, data: Value, wait: Duration) -> Value {
         self.next_ref += 1;
         let reference = format!("r{}", self.next_ref);
         self.send_raw(json!({"event": event, "data": data, "ref": reference}).to_string()).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let frame =

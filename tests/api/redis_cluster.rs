@@ -1,7 +1,7 @@
 //! `CHORUS_REDIS_MODE=cluster` against a real Redis Cluster: three primaries and three replicas on
 //! loopback ports of the test's own (`redis-cli --cluster create`), two Chorus nodes. Rooms on every
-//! primary, a slot migrated and a primary killed under traffic: every acknowledged message reaches
-//! the other node's client once and in order.
+//! primary, a slot migrated and a primary killed under traffic, a primary stopped and resumed: every
+//! acknowledged message reaches the other node's client once and in order.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -24,6 +24,12 @@ struct RedisCluster {
 
 impl RedisCluster {
     async fn start() -> RedisCluster {
+        RedisCluster::start_with_node_timeout(Duration::from_secs(2)).await
+    }
+
+    /// `node_timeout`: how long a primary may be silent before its replica takes over.
+    async fn start_with_node_timeout(node_timeout: Duration) -> RedisCluster {
+        let node_timeout = node_timeout.as_millis().to_string();
         let dir = std::env::temp_dir().join(format!("chorus-cluster-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let binary = std::env::var("CHORUS_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
@@ -33,7 +39,7 @@ impl RedisCluster {
             let conf = dir.join(format!("nodes-{port}.conf"));
             let child = Command::new(&binary)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &conf.display().to_string(), "--cluster-node-timeout", "2000"])
+                .args(["--cluster-config-file", &conf.display().to_string(), "--cluster-node-timeout", &node_timeout])
                 .args(["--dir", &dir.display().to_string(), "--save", "", "--appendonly", "no"])
                 .args(["--repl-diskless-sync-delay", "0"])
                 .stdout(Stdio::null())
@@ -122,6 +128,12 @@ impl RedisCluster {
                 cli(*port, &["cluster", "setslot", &slot, "node", &to_id]);
             }
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server on `port`.
+    fn signal(&self, port: u16, signal: &str) {
+        let (_, child) = self.nodes.iter().find(|(p, _)| *p == port).expect("a node of this cluster");
+        crate::clients::signal(child.as_ref().expect("a live node"), signal);
     }
 
     fn kill(&mut self, port: u16) {
@@ -296,4 +308,95 @@ async fn cluster_mode_presence_goes_offline_after_a_node_is_killed() {
     assert_eq!(offline["data"]["online"], false);
     let user = survivor.get(&format!("/api/v1/users/{}", alice.id), &bob.token).await;
     assert_eq!(user.body["online"], false);
+}
+
+/// `chorus_redis_connected` on `node`'s /metrics: whether its subscriber counts itself connected.
+async fn redis_connected(node: &TestApp) -> bool {
+    let body = node.client.get(node.url("/metrics")).send().await.expect("metrics").body().await.expect("body");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("chorus_redis_connected ").and_then(|v| v.trim().parse::<f64>().ok()))
+        .is_some_and(|v| v == 1.0)
+}
+
+async fn until_connected_is(node: &TestApp, want: bool, deadline: tokio::time::Instant, what: &str) {
+    while redis_connected(node).await != want {
+        assert!(tokio::time::Instant::now() < deadline, "{}: chorus_redis_connected never {want} {what}", node.address);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn send(client: &mut WsClient, room: Uuid, content: &str) -> i64 {
+    // While a primary is silent, a send may wait out the command timeout (2 s here) several times:
+    // its limit check, its PUBLISH, the node's connection to Redis.
+    let reply =
+        client.request_within("send", json!({"room_id": room, "content": content}), Duration::from_secs(30)).await;
+    assert_eq!(reply["ok"], json!(true), "send {content}: {reply}");
+    reply["result"]["seq"].as_i64().expect("seq")
+}
+
+/// A primary that stops answering without closing a connection (SIGSTOP here; a host gone from the
+/// network is the same) while the cluster does not replace it. The sharded subscriber only reads,
+/// so nothing fails on its own: it has to ask. Both nodes notice within seconds and poll PostgreSQL
+/// until they can reconnect (the sender's node may do so early, through the primary's replica);
+/// every message arrives once, in order.
+#[actix_web::test]
+async fn cluster_mode_notices_a_primary_that_stops_answering_and_catches_up_once_it_is_back() {
+    // No failover while the primary is stopped: this is about a silent primary, not a new one.
+    let cluster = RedisCluster::start_with_node_timeout(Duration::from_secs(120)).await;
+    let url = cluster.url();
+    let nodes = spawn_cluster(2, |s| {
+        s.redis_mode = RedisMode::Cluster;
+        s.redis_url = url.clone();
+        s.redis_partitions = PARTITIONS;
+        s.degraded_poll_ms = 200;
+        // This is also the cluster client's response timeout. The sender's PUBLISHes to the stopped
+        // primary give up after 2 s. The receiver waits 30 s for any answer, and noticing must not
+        // depend on that: before the heartbeat, only the owner check could notice, when it happened
+        // to ask the stopped primary, after waiting this long for the answer.
+        s.db_pool_timeout_ms = if s.node_id.as_deref() == Some("node-2") { 30_000 } else { 2_000 };
+    })
+    .await;
+    let alice = nodes[0].user("alice").await;
+    let bob = nodes[1].user("bob").await;
+    let room = nodes[0].room(&alice, "public").await;
+    nodes[1].join(&bob, room).await;
+    let channel = format!("{}{{p:{}}}room:{room}", nodes[0].redis_prefix, partition(room));
+    let primary = cluster.owner(cluster.slot(&channel));
+    let mut sender = WsClient::connect(&nodes[0], &alice.token).await;
+    let mut receiver = WsClient::connect(&nodes[1], &bob.token).await;
+    let mut acknowledged = vec![send(&mut sender, room, "before").await];
+    assert_eq!(receiver.messages(room, 1).await, acknowledged);
+    assert_eq!(sender.messages(room, 1).await, acknowledged);
+
+    cluster.signal(primary, "STOP");
+    // A PING every 2 s, 3 s for its answer: 5 s, and some slack for a busy machine.
+    let noticed_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    for node in &nodes {
+        until_connected_is(node, false, noticed_by, "within 10 s of the primary stopping").await;
+    }
+    for i in 0..3 {
+        acknowledged.push(send(&mut sender, room, &format!("during #{i}")).await);
+    }
+    assert_eq!(receiver.messages(room, 3).await, acknowledged[1..], "polled from PostgreSQL");
+    assert_eq!(sender.messages(room, 3).await, acknowledged[1..]);
+    // Its connections time out after 30 s, its reconnects after 5: it cannot have reconnected
+    // (through the stopped primary's replica, which the client falls back to), so they were polled.
+    assert!(!redis_connected(&nodes[1]).await, "the receiver's node is still degraded");
+
+    cluster.signal(primary, "CONT");
+    let back_by = tokio::time::Instant::now() + Duration::from_secs(20);
+    for node in &nodes {
+        until_connected_is(node, true, back_by, "within 20 s of the primary answering again").await;
+    }
+    for client in [&mut receiver, &mut sender] {
+        let again = client.quiet(Duration::from_secs(1), |v| v["event"] != "message").await;
+        assert!(again.is_none(), "nothing twice: {again:?}");
+    }
+    acknowledged.push(send(&mut sender, room, "after").await);
+    let last = acknowledged[acknowledged.len() - 1..].to_vec();
+    assert_eq!(receiver.messages(room, 1).await, last, "live again");
+    assert_eq!(sender.messages(room, 1).await, last);
+    let reply = receiver.request("sync", json!({"rooms": [{"room_id": room, "after_seq": 0}]})).await;
+    assert_eq!(reply["result"]["rooms"][0]["last_seq"], json!(acknowledged.len()), "{reply}");
 }
