@@ -406,7 +406,7 @@ for scenario in scenarios:
     for label, name in SYSTEMS:
         r = load(label, scenario)
         if r is None:
-            w(f"- **{name}**: did not finish (no report was written; see the compare log).")
+            w(f"- **{name}**: no report (not among `BENCH_SYSTEMS` for this scenario, or it did not finish: see the compare log).")
             continue
         lat = r["latency"]
         w(f"- **{name}**: {r['connections']:,} connections, rooms of {r['room_size']}, {r['duration_s']:.0f} s; "
