@@ -5,8 +5,12 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::{web, App, HttpServer};
+use std::rc::Rc;
+
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{map_config, IntoServiceFactory};
+use actix_web::dev::{fn_factory, fn_service, AppConfig, Server, ServerHandle, ServiceFactory};
+use actix_web::{web, App};
 
 use crate::auth::password::PasswordHashing;
 use crate::auth::tokens::TokenKeys;
@@ -18,7 +22,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::state::NodeTasks;
-use crate::{http, telemetry};
+use crate::{http, telemetry, ws};
 
 /// A start-up failure, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -202,30 +206,67 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, Star
     let workers = state.settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let grace = state.settings.shutdown_grace_s;
     let engines = web::Data::new(crate::sio::Engines::new(state.settings.node_id(), state.metrics.clone()));
-    let server = HttpServer::new(move || {
-        // Called once on each worker thread: the worker's own delivery task for its sockets, and on
-        // the first one, the node's tasks. (actix-web restarts a worker only if its thread dies,
-        // which a panic in a handler or a socket's task does not do: tokio contains it in the task.)
-        start_node_tasks(&state);
-        let worker = state.hub.add_worker();
-        App::new()
-            .app_data(state.clone())
-            .app_data(web::Data::new(worker))
-            .app_data(engines.clone())
-            .configure(http::configure(state.settings.max_frame_bytes))
-            .wrap(actix_web::middleware::from_fn(telemetry::request_span))
-    })
-    .workers(workers)
-    // Nagle's algorithm off: a socket's frames (a reply, then the message it acknowledges) go out
-    // as written, instead of the second waiting up to 40 ms for the client's delayed ACK.
-    .tcp_nodelay(true)
-    // SIGTERM/SIGINT are handled by `main`, which drains sockets before stopping the server.
-    .disable_signals()
-    // Graceful stop gets the half of the grace period the socket drain leaves.
-    .shutdown_timeout(grace.div_ceil(2))
-    .client_request_timeout(Duration::from_secs(10))
-    .listen(listener)
-    .map_err(|e| StartupError(e.to_string()))?
-    .run();
+    let addr = listener.local_addr().map_err(|e| StartupError(e.to_string()))?;
+    // actix-web's `HttpServer`, put together here by hand for one reason: it has no place for an
+    // upgrade service, which keeps WebSockets off the HTTP dispatcher's buffers (`ws::connection`).
+    // Its settings are HttpServer's, but for the request timeout.
+    let builder = Server::build();
+    let shutdown = builder.graceful_shutdown_signal();
+    let server = builder
+        .workers(workers)
+        // SIGTERM/SIGINT are handled by `main`, which drains sockets before stopping the server.
+        .disable_signals()
+        // Graceful stop gets the half of the grace period the socket drain leaves.
+        .shutdown_timeout(grace.div_ceil(2))
+        .listen("chorus-http", listener, move || {
+            // Called once on each worker thread: the worker's own delivery task for its sockets,
+            // and on the first one, the node's tasks. (A worker is restarted only if its thread
+            // dies, which a panic in a handler or a socket's task does not do: tokio contains it
+            // in the task.)
+            start_node_tasks(&state);
+            let worker = state.hub.add_worker();
+            let app = {
+                let (state, engines) = (state.clone(), engines.clone());
+                move || {
+                    App::new()
+                        .app_data(state.clone())
+                        .app_data(web::Data::new(worker))
+                        .app_data(engines.clone())
+                        .configure(http::configure(state.settings.max_frame_bytes))
+                        .wrap(actix_web::middleware::from_fn(telemetry::request_span))
+                }
+            };
+            let shutdown = shutdown.clone();
+            // Upgrade requests get an `App` of their own (the same routes and data), which
+            // `ws::connection` calls before taking the connection over.
+            let upgrades = {
+                let app = app.clone();
+                fn_factory(move || {
+                    let app = app().into_factory();
+                    async move {
+                        let app = Rc::new(app.new_service(AppConfig::default()).await?);
+                        Ok::<_, ()>(fn_service(move |(req, framed)| ws::connection::serve(app.clone(), req, framed)))
+                    }
+                })
+            };
+            HttpService::build()
+                .keep_alive(KeepAlive::default())
+                .client_request_timeout(Duration::from_secs(10))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                // Nagle's algorithm off: a socket's frames (a reply, then the message it
+                // acknowledges) go out as written, instead of the second waiting up to 40 ms for
+                // the client's delayed ACK.
+                .tcp_nodelay(true)
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
+                })
+                .upgrade(upgrades)
+                .finish(map_config(app(), |_| AppConfig::default()))
+                .tcp()
+        })
+        .map_err(|e| StartupError(e.to_string()))?
+        .run();
     Ok(server)
 }

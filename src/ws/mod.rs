@@ -1,5 +1,6 @@
 //! `GET /api/v1/ws`: authenticate, upgrade, and hand the socket to its session task.
 
+pub(crate) mod connection;
 mod session;
 pub(crate) mod wire;
 

@@ -229,3 +229,77 @@ async fn a_frame_over_the_cap_is_closed_with_1009_on_its_header() {
     let reply = a.request("ping", json!({})).await;
     assert_eq!(reply["ok"], true);
 }
+
+/// Writes `request` on a new connection and reads until the server closes it.
+async fn exchange(app: &TestApp, request: &str) -> String {
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&host).await.expect("tcp connects");
+    stream.write_all(request.replace("{host}", &host).as_bytes()).await.expect("request sent");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection after answering")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Upgrade requests are taken off actix-http's dispatcher (`src/ws/connection.rs`): they still go
+/// through the app's routes and error bodies, what a client sends right behind its request is not
+/// lost, and a request that is not upgraded is answered whole and its connection closed.
+#[actix_web::test]
+async fn upgrade_requests_keep_early_frames_and_unupgraded_ones_are_answered_and_closed() {
+    let nodes = spawn_cluster(1, |_| {}).await;
+    let alice = nodes[0].user("alice").await;
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n";
+
+    // A ping in the same write as the request, before the 101: answered once the socket is up.
+    let host = nodes[0].address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&host).await.expect("tcp connects");
+    let mut request =
+        format!("GET /api/v1/ws HTTP/1.1\r\nHost: {host}\r\n{upgrade}Authorization: Bearer {}\r\n\r\n", alice.token)
+            .into_bytes();
+    request.extend(client_header(true, 9, 5));
+    request.extend_from_slice(b"early");
+    stream.write_all(&request).await.expect("request and ping sent");
+    let mut socket = RawSocket { stream, buf: Vec::new() };
+    let head_end = loop {
+        if let Some(at) = socket.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        assert!(socket.fill().await > 0, "connection closed during the upgrade");
+    };
+    let head = String::from_utf8_lossy(&socket.buf[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "upgraded: {head}");
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "no body framing after a 101: {head}");
+    socket.buf.drain(..head_end);
+    let mut seen = Vec::new();
+    let pong = loop {
+        let (opcode, payload) = socket.frame().await.expect("frames until the pong");
+        if opcode == 10 {
+            break payload;
+        }
+        seen.push(opcode);
+        assert!(seen.len() < 5, "no pong among {seen:?}");
+    };
+    assert_eq!(pong, b"early", "the early ping's payload comes back");
+
+    // A bad token: the app's 401 with its JSON body, then the connection is closed.
+    let answer = exchange(
+        &nodes[0],
+        &format!("GET /api/v1/ws HTTP/1.1\r\nHost: {{host}}\r\n{upgrade}Authorization: Bearer nope\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(answer.contains("\"code\""), "the usual error body: {answer}");
+
+    // Upgrade headers on a plain route: the route's answer, then the connection is closed.
+    let answer = exchange(&nodes[0], &format!("GET /healthz HTTP/1.1\r\nHost: {{host}}\r\n{upgrade}\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+
+    // And on no route at all: the app's 404.
+    let answer = exchange(&nodes[0], &format!("GET /nowhere HTTP/1.1\r\nHost: {{host}}\r\n{upgrade}\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}
