@@ -9,11 +9,14 @@ use chorus::startup::Application;
 use chorus::{init_logging, run_migrations};
 
 /// Allocations of 8 KiB and more get their own mappings instead of a slot in glibc's heap. Every
-/// socket carries actix-http's 8 KiB read and 8 KiB write buffers (fixed in its HTTP/1 dispatcher);
-/// an idle socket fills only the first page of each. From the heap, the buffers land in memory that
-/// the connection set-up's short-lived allocations already touched, so all of it counts as resident;
-/// mapped on their own, only the pages data reached do. Measured on 5,000 idle sockets: 25.4 KiB RSS
-/// per connection before, 21.0 KiB after (docs/BENCHMARKS.md).
+/// HTTP connection carries actix-http's 8 KiB read and 8 KiB write buffers (fixed in its HTTP/1
+/// dispatcher) for as long as it is open, and fills only the first page of each. From the heap, the
+/// buffers land in memory that short-lived allocations already touched, so all of it counts as
+/// resident, and once freed they leave holes between long-lived allocations; mapped on their own,
+/// only the pages data reached are resident and a free gives them back. Measured on 5,000 idle
+/// WebSockets, when they still held these buffers: 25.4 KiB RSS per connection before, 21.0 KiB
+/// after (docs/BENCHMARKS.md). WebSockets now let the buffers go at the upgrade
+/// (`ws::connection`); plain keep-alive connections and long-polls still hold them.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     // SAFETY: mallopt only adjusts glibc's allocator parameters; called before any other thread runs.

@@ -13,12 +13,14 @@
 //!   are written as they come, each dropped once the kernel has it.
 //!
 //! A response other than `101 Switching Protocols` (a bad token, a draining node, an unknown path)
-//! is written whole and the connection closed, as `Connection: close` tells the client.
+//! is written whole and the connection closed, as `Connection: close` tells the client. Either way
+//! the connection ends with a FIN and a short wait for the client's, as the dispatcher ends one.
 
 use std::io;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use actix_codec::{Encoder, Framed, FramedParts};
 use actix_http::body::{BoxBody, MessageBody};
@@ -27,11 +29,16 @@ use actix_http::{h1, ConnectionType, Payload, Request, Response, StatusCode};
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The most read from the socket at once, into a buffer on the stack. A client's frames are small;
 /// a larger message arrives over several reads.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// How long a closed connection waits for the client to close its side (actix-web's
+/// `client_disconnect_timeout`, as the server had it before this module).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Serves one upgrade request on `framed`'s connection with `app`, for as long as the connection
 /// lives when it is upgraded. Never fails: a connection that breaks is the client's business, and
@@ -90,8 +97,26 @@ where
         codec.encode(h1::Message::Chunk(None), &mut out)?;
         write_all(&io, &out).await?;
     }
-    // Dropping the last `Rc` closes the socket; the payload (held by a session that may outlive
-    // this future by a moment) only holds a `Weak` and reads the end of the stream.
+    // The payload (held by a session that may outlive this future by a moment) holds only a `Weak`
+    // and, from here on, reads the end of the stream.
+    match Rc::try_unwrap(io) {
+        Ok(io) => close(io).await,
+        Err(_) => Ok(()),
+    }
+}
+
+/// Ends the connection the way actix-http's dispatcher does: FIN first, then what the client still
+/// sends is read and dropped until it closes its side, for at most `CLOSE_LINGER`. Closing a socket
+/// with unread bytes in it (a client's close frame, the rest of a refused request) sends a reset,
+/// which can make the client drop the close frame or error body it has not read yet.
+async fn close(mut io: TcpStream) -> io::Result<()> {
+    io.shutdown().await?;
+    let drain = async {
+        let mut sink = [0u8; 1024];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
     Ok(())
 }
 
