@@ -119,19 +119,25 @@ impl RawSocket {
         );
         stream.write_all(request.as_bytes()).await.expect("upgrade request sent");
         let mut socket = RawSocket { stream, buf: Vec::new() };
-        let head_end = loop {
-            if let Some(at) = socket.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            assert!(socket.fill().await > 0, "connection closed during the upgrade");
-        };
-        let head = String::from_utf8_lossy(&socket.buf[..head_end]).into_owned();
+        let head = socket.response_head().await;
         assert!(head.starts_with("HTTP/1.1 101"), "upgraded: {head}");
-        socket.buf.drain(..head_end);
         let (opcode, ready) = socket.frame().await.expect("ready arrives");
         assert_eq!(opcode, 1);
         assert!(String::from_utf8_lossy(&ready).contains("\"ready\""));
         socket
+    }
+
+    /// The response's head, read and taken off the buffer (what follows it stays).
+    async fn response_head(&mut self) -> String {
+        let head_end = loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(self.fill().await > 0, "connection closed during the upgrade");
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        self.buf.drain(..head_end);
+        head
     }
 
     /// Reads more bytes; 0 at the end of the stream (or on a reset, or after `WAIT`).
@@ -263,16 +269,9 @@ async fn upgrade_requests_keep_early_frames_and_unupgraded_ones_are_answered_and
     request.extend_from_slice(b"early");
     stream.write_all(&request).await.expect("request and ping sent");
     let mut socket = RawSocket { stream, buf: Vec::new() };
-    let head_end = loop {
-        if let Some(at) = socket.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        assert!(socket.fill().await > 0, "connection closed during the upgrade");
-    };
-    let head = String::from_utf8_lossy(&socket.buf[..head_end]).into_owned();
+    let head = socket.response_head().await;
     assert!(head.starts_with("HTTP/1.1 101"), "upgraded: {head}");
     assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "no body framing after a 101: {head}");
-    socket.buf.drain(..head_end);
     let mut seen = Vec::new();
     let pong = loop {
         let (opcode, payload) = socket.frame().await.expect("frames until the pong");
