@@ -239,13 +239,18 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, Star
             let shutdown = shutdown.clone();
             // Upgrade requests get an `App` of their own (the same routes and data), which
             // `ws::connection` calls before taking the connection over.
+            // A live session ends a client that stops reading after 2.5 heartbeats without an
+            // answer; its close frame gets as long again, and more, before the connection is reset.
+            let write_stall = Duration::from_secs(state.settings.ws_heartbeat_s.saturating_mul(4));
             let upgrades = {
                 let app = app.clone();
                 fn_factory(move || {
                     let app = app().into_factory();
                     async move {
                         let app = Rc::new(app.new_service(AppConfig::default()).await?);
-                        Ok::<_, ()>(fn_service(move |(req, framed)| ws::connection::serve(app.clone(), req, framed)))
+                        Ok::<_, ()>(fn_service(move |(req, framed)| {
+                            ws::connection::serve(app.clone(), req, framed, write_stall)
+                        }))
                     }
                 })
             };

@@ -15,6 +15,13 @@
 //! A response other than `101 Switching Protocols` (a bad token, a draining node, an unknown path)
 //! is written whole and the connection closed, as `Connection: close` tells the client. Either way
 //! the connection ends with a FIN and a short wait for the client's, as the dispatcher ends one.
+//!
+//! A client that stops reading cannot hold a connection forever: a write that the socket takes no
+//! byte of for `write_stall` drops the connection with a reset. The session has its own limits for
+//! a client that does not read (4008 when its queue overflows, 4000 after 2.5 heartbeats without a
+//! word from it); this one covers what comes after them, when the session is over and only its
+//! close frame, stuck behind a full socket, kept the connection (its socket buffers and a file
+//! descriptor) open.
 
 use std::io;
 use std::pin::Pin;
@@ -41,20 +48,31 @@ const READ_CHUNK: usize = 8 * 1024;
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Serves one upgrade request on `framed`'s connection with `app`, for as long as the connection
-/// lives when it is upgraded. Never fails: a connection that breaks is the client's business, and
-/// actix-http would log an error from here as the server's.
-pub async fn serve<S, B>(app: Rc<S>, req: Request, framed: Framed<TcpStream, h1::Codec>) -> Result<(), actix_web::Error>
+/// lives when it is upgraded; a write that makes no progress for `write_stall` ends it. Never
+/// fails: a connection that breaks is the client's business, and actix-http would log an error from
+/// here as the server's.
+pub async fn serve<S, B>(
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+    write_stall: Duration,
+) -> Result<(), actix_web::Error>
 where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody + 'static,
 {
-    if let Err(error) = connection(app, req, framed).await {
+    if let Err(error) = connection(app, req, framed, write_stall).await {
         tracing::debug!(%error, "upgraded connection ended");
     }
     Ok(())
 }
 
-async fn connection<S, B>(app: Rc<S>, req: Request, framed: Framed<TcpStream, h1::Codec>) -> io::Result<()>
+async fn connection<S, B>(
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+    write_stall: Duration,
+) -> io::Result<()>
 where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody + 'static,
@@ -64,7 +82,7 @@ where
     // 101) is the payload's first chunk; the dispatcher's buffers are let go here.
     let early = (!read_buf.is_empty()).then(|| Bytes::copy_from_slice(&read_buf));
     drop((read_buf, write_buf));
-    let io = Rc::new(io);
+    let io = Rc::new(Writer { io, stall: write_stall });
     let socket = SocketRead { io: Rc::downgrade(&io), early, ended: false };
     let payload: actix_http::BoxedPayloadStream = Box::pin(socket);
     let (req, _) = req.replace_payload(Payload::Stream { payload });
@@ -82,25 +100,25 @@ where
     codec.encode(h1::Message::Item((head, body.size())), &mut out)?;
     if upgraded {
         drop(codec);
-        write_all(&io, &out).await?;
+        io.write_all(&out).await?;
         drop(out);
         // The body ends when the session does; a write that fails drops it, which tells the
         // session the connection is gone.
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
             let chunk = chunk.map_err(|e| io::Error::other(e.to_string()))?;
-            write_all(&io, &chunk).await?;
+            io.write_all(&chunk).await?;
         }
     } else {
         let bytes = actix_http::body::to_bytes(body).await.map_err(|e| io::Error::other(e.to_string()))?;
         codec.encode(h1::Message::Chunk(Some(bytes)), &mut out)?;
         codec.encode(h1::Message::Chunk(None), &mut out)?;
-        write_all(&io, &out).await?;
+        io.write_all(&out).await?;
     }
     // The payload (held by a session that may outlive this future by a moment) holds only a `Weak`
     // and, from here on, reads the end of the stream.
     match Rc::try_unwrap(io) {
-        Ok(io) => close(io).await,
+        Ok(writer) => close(writer.io).await,
         Err(_) => Ok(()),
     }
 }
@@ -120,24 +138,37 @@ async fn close(mut io: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes all of `bytes` as the socket takes them.
-async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        io.writable().await?;
-        match io.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+/// The connection's socket, and how long a write may wait for room in it.
+struct Writer {
+    io: TcpStream,
+    stall: Duration,
+}
+
+impl Writer {
+    /// Writes all of `bytes` as the socket takes them. If it takes none for `stall`, the connection
+    /// is reset: the socket is told to discard what it still holds (`SO_LINGER` 0), so that neither
+    /// the descriptor nor the unsent bytes outlive the connection.
+    async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if tokio::time::timeout(self.stall, self.io.writable()).await.is_err() {
+                let _ = self.io.set_zero_linger();
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"));
+            }
+            match self.io.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The request's payload: what the socket delivers, read when the handler asks for it (so a client
 /// that sends faster than its session reads is held back by TCP, not by a buffer here).
 struct SocketRead {
-    io: Weak<TcpStream>,
+    io: Weak<Writer>,
     early: Option<Bytes>,
     ended: bool,
 }
@@ -153,10 +184,11 @@ impl Stream for SocketRead {
         if this.ended {
             return Poll::Ready(None);
         }
-        let Some(io) = this.io.upgrade() else {
+        let Some(writer) = this.io.upgrade() else {
             this.ended = true;
             return Poll::Ready(None);
         };
+        let io = &writer.io;
         loop {
             if let Err(error) = ready!(io.poll_read_ready(cx)) {
                 this.ended = true;

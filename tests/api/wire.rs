@@ -111,7 +111,13 @@ struct RawSocket {
 impl RawSocket {
     async fn connect(app: &TestApp, token: &str) -> RawSocket {
         let host = app.address.trim_start_matches("http://").to_owned();
-        let mut stream = TcpStream::connect(&host).await.expect("tcp connects");
+        let stream = TcpStream::connect(&host).await.expect("tcp connects");
+        RawSocket::upgrade(app, stream, token).await
+    }
+
+    /// Upgrades `stream`, a connection to `app`, and reads `ready`.
+    async fn upgrade(app: &TestApp, mut stream: TcpStream, token: &str) -> RawSocket {
+        let host = app.address.trim_start_matches("http://").to_owned();
         let request = format!(
             "GET /api/v1/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -301,4 +307,44 @@ async fn upgrade_requests_keep_early_frames_and_unupgraded_ones_are_answered_and
     // And on no route at all: the app's 404.
     let answer = exchange(&nodes[0], &format!("GET /nowhere HTTP/1.1\r\nHost: {{host}}\r\n{upgrade}\r\n")).await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}
+
+/// A client that stops reading cannot hold its connection: once its session is over (here its
+/// heartbeats went unanswered) and the close frame cannot be written behind a full socket, the node
+/// resets the connection after 4 heartbeats without progress, instead of keeping the descriptor and
+/// the socket's buffers for as long as the client stays connected.
+#[actix_web::test]
+async fn a_client_that_stops_reading_is_reset_once_writes_stall() {
+    let nodes = spawn_cluster(1, |s| {
+        s.ws_heartbeat_s = 2;
+        s.max_message_bytes = 60_000;
+        s.send_rate_per_s = 1000;
+        s.send_burst = 1000;
+    })
+    .await;
+    let alice = nodes[0].user("alice").await;
+    let bob = nodes[0].user("bob").await;
+    let room = nodes[0].room(&alice, "private").await;
+    nodes[0].add(&alice, room, &[&bob]).await;
+    // Bob's receive window is small, and he reads nothing after `ready`.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer set");
+    let host = nodes[0].address.trim_start_matches("http://");
+    let stream = socket.connect(host.parse().expect("address")).await.expect("tcp connects");
+    let connected = tokio::time::Instant::now();
+    let mut bob_socket = RawSocket::upgrade(&nodes[0], stream, &bob.token).await;
+    // 4.8 MB: more than the node's send buffer takes while the window stays shut (autotuned to
+    // about 1.3 MB on loopback at the handshake), sent well before the session gives up on him.
+    let big = "z".repeat(60_000);
+    for _ in 0..8 {
+        let sent = futures_util::future::join_all((0..10).map(|_| nodes[0].send(&alice, room, &big))).await;
+        assert!(sent.iter().all(|r| r.status.as_u16() == 201), "sent");
+    }
+    assert!(connected.elapsed() < Duration::from_secs(4), "the flood took too long to be a test of this");
+    // The session ends after 2.5 heartbeats of silence (by 6 s); its close frame then waits for room
+    // that never comes, and 4 heartbeats (8 s) later the node resets the connection.
+    tokio::time::sleep_until(connected + Duration::from_secs(18)).await;
+    // Reading now finds what the client's buffer held, then the reset: never the close frame, which
+    // the node would have sent (after everything else) had it kept waiting.
+    assert_eq!(bob_socket.close_code().await, None, "the node kept the connection until the client read");
 }
