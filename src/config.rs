@@ -178,7 +178,8 @@ pub struct Settings {
     #[arg(long, env = "CHORUS_UNRECEIVED_LIMIT", default_value_t = 500)]
     pub unreceived_limit: i64,
 
-    /// Seconds between server pings on a WebSocket; a client silent for 2.5x this is disconnected.
+    /// Seconds between server pings on a WebSocket; a client silent for 2.5x this is disconnected, and a
+    /// connection whose socket takes no byte for 4x this is reset.
     #[arg(long, env = "CHORUS_WS_HEARTBEAT_S", default_value_t = 15)]
     pub ws_heartbeat_s: u64,
 
