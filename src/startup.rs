@@ -239,8 +239,10 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> Result<Server, Star
             let shutdown = shutdown.clone();
             // Upgrade requests get an `App` of their own (the same routes and data), which
             // `ws::connection` calls before taking the connection over.
-            // A live session ends a client that stops reading after 2.5 heartbeats without an
-            // answer; its close frame gets as long again, and more, before the connection is reset.
+            // A session ends a client that stops reading once its queue overflows (4008) or after
+            // 2.5 heartbeats without a word from it (4000); the connection then waits up to 4
+            // heartbeats without progress for the close frame's write before it resets, long
+            // enough for a client that reads again after a pause to get the close frame.
             let write_stall = Duration::from_secs(state.settings.ws_heartbeat_s.saturating_mul(4));
             let upgrades = {
                 let app = app.clone();
