@@ -150,14 +150,17 @@ impl Writer {
     /// the descriptor nor the unsent bytes outlive the connection.
     async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            if tokio::time::timeout(self.stall, self.io.writable()).await.is_err() {
-                let _ = self.io.set_zero_linger();
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"));
-            }
             match self.io.try_write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Only a full socket starts the clock: the usual write (the socket has room) reads
+                // no time and sets no timer.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if tokio::time::timeout(self.stall, self.io.writable()).await.is_err() {
+                        let _ = self.io.set_zero_linger();
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"));
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
